@@ -1,0 +1,54 @@
+//! The `meshca` command: argument parsing and printing. Every decision lives in a library crate.
+
+#![forbid(unsafe_code)]
+
+mod cmd_certs;
+mod cmd_inspect;
+mod cmd_secret;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// Certificate authority and trust manager for Istio service meshes.
+#[derive(Parser)]
+#[command(name = "meshca", version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Make a root CA and per-cluster intermediate CAs, like Istio's tools/certs Makefile.
+    Certs(Box<cmd_certs::Args>),
+    /// Print the Kubernetes Secret (cacerts) for a cluster bundle folder.
+    Secret(cmd_secret::Args),
+    /// Describe the certificates, CSRs and keys in PEM files.
+    Inspect(cmd_inspect::Args),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Certs(a) => cmd_certs::run(*a),
+        Command::Secret(a) => cmd_secret::run(a),
+        Command::Inspect(a) => cmd_inspect::run(a),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("meshca: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `-o` for commands that print for people or for scripts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum Output {
+    /// for people
+    Text,
+    /// for scripts
+    Json,
+}
