@@ -22,6 +22,12 @@ pub enum CertsError {
         /// how to proceed
         hint: String,
     },
+    /// A path that must be a folder is something else.
+    #[error("{}: exists and is not a folder", .path.display())]
+    NotAFolder {
+        /// the path
+        path: PathBuf,
+    },
     /// A file could not be read or removed.
     #[error("{}: {what}: {source}", .path.display())]
     Io {

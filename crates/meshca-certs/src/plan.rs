@@ -98,10 +98,8 @@ pub fn run(
     match fs::metadata(dir) {
         Ok(m) if m.is_dir() => {}
         Ok(_) => {
-            return Err(CertsError::Io {
+            return Err(CertsError::NotAFolder {
                 path: dir.to_owned(),
-                what: "not a folder",
-                source: std::io::Error::from(std::io::ErrorKind::NotADirectory),
             });
         }
         // A missing working folder is made, as `mkdir -p` would; its parent must be writable.
@@ -648,10 +646,8 @@ fn present_outputs<'a>(folder: &Path, outputs: &[&'a str]) -> Result<Vec<&'a str
             });
         }
         Ok(_) if !folder.is_dir() => {
-            return Err(CertsError::Io {
+            return Err(CertsError::NotAFolder {
                 path: folder.to_owned(),
-                what: "exists and is not a folder",
-                source: std::io::Error::from(std::io::ErrorKind::NotADirectory),
             });
         }
         Ok(_) => {}

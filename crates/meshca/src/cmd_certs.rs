@@ -4,7 +4,6 @@ use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::Context;
 use meshca_certs::{Progress, Settings, Status, Target};
 use meshca_pki::error::show_time;
 
@@ -202,9 +201,7 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
         let _ = err.flush();
     };
     let now = time::OffsetDateTime::now_utc();
-    let outcomes = meshca_certs::run(&a.dir, &settings, &targets, a.force, now, &progress)
-        .with_context(|| "nothing was written".to_owned())
-        .map_err(|e| anyhow::anyhow!("{}", e.root_cause()))?;
+    let outcomes = meshca_certs::run(&a.dir, &settings, &targets, a.force, now, &progress)?;
     let mut out = std::io::stdout().lock();
     for o in outcomes {
         match o.status {

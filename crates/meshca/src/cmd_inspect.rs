@@ -4,7 +4,6 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::Context;
 use meshca_pki::describe::{CertificateInfo, Item, KeyInfo, San, describe_pem};
 use serde::Serialize;
 
@@ -32,7 +31,7 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
     let mut reports = Vec::new();
     for path in &a.files {
         let name = path.display().to_string();
-        let text = std::fs::read(path).with_context(|| format!("{name}: cannot read"))?;
+        let text = std::fs::read(path).map_err(|e| anyhow::anyhow!("{name}: cannot read: {e}"))?;
         let items = describe_pem(&text, &name, now)?;
         reports.push(FileReport { file: name, items });
     }

@@ -38,7 +38,8 @@ fn main() -> ExitCode {
     match result {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("meshca: error: {e:#}");
+            // Every library error already carries its cause in its message: print it once.
+            eprintln!("meshca: error: {e}");
             ExitCode::FAILURE
         }
     }

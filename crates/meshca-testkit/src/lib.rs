@@ -1,0 +1,149 @@
+//! Test support shared by meshca's integration tests: running the real `openssl` CLI as an
+//! independent checker, snapshots of folders to prove that a failed run changed nothing, and the
+//! path of the shared fixtures.
+
+#![forbid(unsafe_code)]
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::BTreeMap;
+use std::ffi::OsStr;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+/// The output of a finished command, with text helpers.
+#[derive(Debug)]
+pub struct Run {
+    /// exit code (-1 if killed by a signal)
+    pub code: i32,
+    /// standard output
+    pub stdout: String,
+    /// standard error
+    pub stderr: String,
+}
+
+impl Run {
+    fn from(out: Output) -> Self {
+        Run {
+            code: out.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    }
+
+    /// Panics with both streams unless the command succeeded.
+    pub fn ok(self) -> Self {
+        assert_eq!(
+            self.code, 0,
+            "command failed\nstdout:\n{}\nstderr:\n{}",
+            self.stdout, self.stderr
+        );
+        self
+    }
+
+    /// Panics unless the command failed; returns itself for checks on the message.
+    pub fn failed(self) -> Self {
+        assert_ne!(
+            self.code, 0,
+            "command succeeded but should not have\nstdout:\n{}",
+            self.stdout
+        );
+        self
+    }
+}
+
+/// Runs a program with arguments in `dir`, with extra environment variables.
+pub fn run_in<I, S>(program: impl AsRef<OsStr>, dir: &Path, args: I, env: &[(&str, &str)]) -> Run
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<OsStr>,
+{
+    let mut cmd = Command::new(program);
+    cmd.current_dir(dir).args(args);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    Run::from(cmd.output().expect("command starts"))
+}
+
+/// Runs the `openssl` CLI in `dir`.
+pub fn openssl<I, S>(dir: &Path, args: I) -> Run
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<OsStr>,
+{
+    run_in("openssl", dir, args, &[])
+}
+
+/// `openssl x509 -noout -text` of a certificate file.
+pub fn x509_text(dir: &Path, file: &str) -> String {
+    openssl(dir, ["x509", "-noout", "-text", "-in", file])
+        .ok()
+        .stdout
+}
+
+/// Every file below `dir` with its contents and mode, for before/after comparisons.
+pub fn snapshot(dir: &Path) -> BTreeMap<PathBuf, (Vec<u8>, u32)> {
+    let mut out = BTreeMap::new();
+    walk(dir, dir, &mut out);
+    out
+}
+
+fn walk(root: &Path, dir: &Path, out: &mut BTreeMap<PathBuf, (Vec<u8>, u32)>) {
+    for e in std::fs::read_dir(dir).expect("readable folder").flatten() {
+        let p = e.path();
+        let meta = std::fs::symlink_metadata(&p).expect("metadata");
+        let rel = p.strip_prefix(root).expect("below root").to_owned();
+        if meta.is_dir() {
+            out.insert(rel, (Vec::new(), meta.permissions().mode()));
+            walk(root, &p, out);
+        } else {
+            out.insert(
+                rel,
+                (
+                    std::fs::read(&p).unwrap_or_default(),
+                    meta.permissions().mode(),
+                ),
+            );
+        }
+    }
+}
+
+/// The mode bits of a file.
+pub fn mode(path: &Path) -> u32 {
+    std::fs::metadata(path)
+        .expect("metadata")
+        .permissions()
+        .mode()
+        & 0o777
+}
+
+/// The shared fixtures folder (`../shared/fixtures` beside the project).
+pub fn fixtures() -> PathBuf {
+    let here = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut dir = here.to_owned();
+    while dir.pop() {
+        let candidate = dir.join("shared/fixtures");
+        if candidate.is_dir() {
+            return candidate;
+        }
+    }
+    panic!("shared/fixtures not found above {}", here.display());
+}
+
+/// The PEM blocks of a file, each as text.
+pub fn pem_blocks(text: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut cur = String::new();
+    for line in text.lines() {
+        if line.starts_with("-----BEGIN") {
+            cur.clear();
+        }
+        cur.push_str(line);
+        cur.push('\n');
+        if line.starts_with("-----END") {
+            out.push(cur.clone());
+        }
+    }
+    out
+}
