@@ -14,7 +14,11 @@ pub fn median(samples: &[Duration]) -> Duration {
     if n == 0 {
         return Duration::ZERO;
     }
-    if n % 2 == 1 { s[n / 2] } else { (s[n / 2 - 1] + s[n / 2]) / 2 }
+    if n % 2 == 1 {
+        s[n / 2]
+    } else {
+        (s[n / 2 - 1] + s[n / 2]) / 2
+    }
 }
 
 /// Minimum and maximum of samples.
@@ -32,7 +36,9 @@ pub fn secs(d: Duration) -> String {
 /// The `meshca` binary built beside this harness (same target folder and profile).
 pub fn meshca_binary() -> PathBuf {
     let exe = std::env::current_exe().unwrap_or_default();
-    exe.parent().map(|p| p.join("meshca")).unwrap_or_else(|| PathBuf::from("meshca"))
+    exe.parent()
+        .map(|p| p.join("meshca"))
+        .unwrap_or_else(|| PathBuf::from("meshca"))
 }
 
 #[cfg(test)]
@@ -41,7 +47,11 @@ mod tests {
 
     #[test]
     fn medians_of_odd_and_even_counts() {
-        let ms = |v: &[u64]| v.iter().map(|&x| Duration::from_millis(x)).collect::<Vec<_>>();
+        let ms = |v: &[u64]| {
+            v.iter()
+                .map(|&x| Duration::from_millis(x))
+                .collect::<Vec<_>>()
+        };
         assert_eq!(median(&ms(&[5, 1, 3])), Duration::from_millis(3));
         assert_eq!(median(&ms(&[4, 1, 3, 2])), Duration::from_millis(2500));
         assert_eq!(median(&[]), Duration::ZERO);

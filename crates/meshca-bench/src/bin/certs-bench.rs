@@ -16,9 +16,15 @@ use meshca_bench::{median, meshca_binary, range, secs};
 const CLUSTERS: [&str; 3] = ["c1", "c2", "c3"];
 
 fn main() {
-    let runs: usize = std::env::args().nth(1).and_then(|a| a.parse().ok()).unwrap_or(7);
+    let runs: usize = std::env::args()
+        .nth(1)
+        .and_then(|a| a.parse().ok())
+        .unwrap_or(7);
     let meshca = meshca_binary();
-    assert!(meshca.exists(), "build meshca first: cargo build --release -p meshca");
+    assert!(
+        meshca.exists(),
+        "build meshca first: cargo build --release -p meshca"
+    );
     let mut rsa_meshca = Vec::new();
     let mut rsa_openssl = Vec::new();
     let mut ec_meshca = Vec::new();
@@ -29,7 +35,10 @@ fn main() {
         ec_openssl.push(openssl_makefile(Some("prime256v1")));
         ec_meshca.push(meshca_certs(
             &meshca,
-            &[("ROOTCA_KEY_TYPE", "ecdsa-p256"), ("INTERMEDIATE_KEY_TYPE", "ecdsa-p256")],
+            &[
+                ("ROOTCA_KEY_TYPE", "ecdsa-p256"),
+                ("INTERMEDIATE_KEY_TYPE", "ecdsa-p256"),
+            ],
         ));
         eprintln!(
             "run {}/{runs}: RSA-4096 openssl {} meshca {} | P-256 openssl {} meshca {}",
@@ -40,7 +49,9 @@ fn main() {
             ms(ec_meshca[i])
         );
     }
-    println!("| keys | openssl (Makefile steps) median [min–max] | meshca median [min–max] | meshca / openssl |");
+    println!(
+        "| keys | openssl (Makefile steps) median [min–max] | meshca median [min–max] | meshca / openssl |"
+    );
     println!("|---|---|---|---|");
     row("RSA-4096 (default)", &rsa_openssl, &rsa_meshca, secs);
     row("ECDSA P-256", &ec_openssl, &ec_meshca, ms);
@@ -79,19 +90,34 @@ fn meshca_certs(bin: &Path, env: &[(&str, &str)]) -> Duration {
     let start = Instant::now();
     let out = cmd.output().unwrap();
     let took = start.elapsed();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     took
 }
 
 fn openssl(dir: &Path, args: &[&str]) {
-    let out = Command::new("openssl").current_dir(dir).args(args).output().unwrap();
-    assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    let out = Command::new("openssl")
+        .current_dir(dir)
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 fn genkey(dir: &Path, out: &str, curve: Option<&str>) {
     match curve {
         None => openssl(dir, &["genrsa", "-out", out, "4096"]),
-        Some(c) => openssl(dir, &["ecparam", "-genkey", "-name", c, "-noout", "-out", out]),
+        Some(c) => openssl(
+            dir,
+            &["ecparam", "-genkey", "-name", c, "-noout", "-out", out],
+        ),
     }
 }
 
@@ -111,11 +137,38 @@ fn openssl_makefile(curve: Option<&str>) -> Duration {
          [ req_dn ]\nO = Istio\nCN = Root CA\n",
     )
     .unwrap();
-    openssl(d, &["req", "-new", "-key", "root-key.pem", "-config", "root-ca.conf", "-out", "root-cert.csr"]);
-    openssl(d, &[
-        "x509", "-req", "-days", "3650", "-signkey", "root-key.pem", "-extensions", "req_ext", "-extfile",
-        "root-ca.conf", "-in", "root-cert.csr", "-out", "root-cert.pem",
-    ]);
+    openssl(
+        d,
+        &[
+            "req",
+            "-new",
+            "-key",
+            "root-key.pem",
+            "-config",
+            "root-ca.conf",
+            "-out",
+            "root-cert.csr",
+        ],
+    );
+    openssl(
+        d,
+        &[
+            "x509",
+            "-req",
+            "-days",
+            "3650",
+            "-signkey",
+            "root-key.pem",
+            "-extensions",
+            "req_ext",
+            "-extfile",
+            "root-ca.conf",
+            "-in",
+            "root-cert.csr",
+            "-out",
+            "root-cert.pem",
+        ],
+    );
     for c in CLUSTERS {
         let cd = d.join(c);
         fs::create_dir(&cd).unwrap();
@@ -132,13 +185,46 @@ fn openssl_makefile(curve: Option<&str>) -> Duration {
             ),
         )
         .unwrap();
-        openssl(&cd, &["req", "-new", "-config", "intermediate.conf", "-key", "ca-key.pem", "-out", "cluster-ca.csr"]);
-        openssl(d, &[
-            "x509", "-req", "-days", "3650", "-CA", "root-cert.pem", "-CAkey", "root-key.pem", "-CAcreateserial",
-            "-extensions", "req_ext", "-extfile", &format!("{c}/intermediate.conf"), "-in",
-            &format!("{c}/cluster-ca.csr"), "-out", &format!("{c}/ca-cert.pem"),
-        ]);
-        let chain = [fs::read(cd.join("ca-cert.pem")).unwrap(), fs::read(d.join("root-cert.pem")).unwrap()].concat();
+        openssl(
+            &cd,
+            &[
+                "req",
+                "-new",
+                "-config",
+                "intermediate.conf",
+                "-key",
+                "ca-key.pem",
+                "-out",
+                "cluster-ca.csr",
+            ],
+        );
+        openssl(
+            d,
+            &[
+                "x509",
+                "-req",
+                "-days",
+                "3650",
+                "-CA",
+                "root-cert.pem",
+                "-CAkey",
+                "root-key.pem",
+                "-CAcreateserial",
+                "-extensions",
+                "req_ext",
+                "-extfile",
+                &format!("{c}/intermediate.conf"),
+                "-in",
+                &format!("{c}/cluster-ca.csr"),
+                "-out",
+                &format!("{c}/ca-cert.pem"),
+            ],
+        );
+        let chain = [
+            fs::read(cd.join("ca-cert.pem")).unwrap(),
+            fs::read(d.join("root-cert.pem")).unwrap(),
+        ]
+        .concat();
         fs::write(cd.join("cert-chain.pem"), chain).unwrap();
         fs::copy(d.join("root-cert.pem"), cd.join("root-cert.pem")).unwrap();
     }
