@@ -163,6 +163,11 @@ impl PrivateKey {
         pem::encode("PRIVATE KEY", self.pair.serialized_der())
     }
 
+    /// The key as PKCS#8 DER. Handle with care.
+    pub fn to_pkcs8_der(&self) -> Vec<u8> {
+        self.pair.serialized_der().to_vec()
+    }
+
     /// The DER SubjectPublicKeyInfo of the key's public half.
     pub fn public_key_spki(&self) -> Vec<u8> {
         self.pair.subject_public_key_info()

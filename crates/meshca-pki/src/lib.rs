@@ -9,16 +9,19 @@
 pub mod bundle;
 pub mod cert;
 pub mod chain;
+pub mod csr;
 pub mod describe;
 pub mod error;
 pub mod key;
 pub mod pem;
 pub mod profile;
+pub mod rotation;
 pub mod spiffe;
 
 pub use bundle::{BundleFiles, CacertsBundle, Layout};
 pub use cert::Certificate;
 pub use chain::{VerifiedPath, verify_path};
+pub use csr::{CertificateRequest, make_csr_pem};
 pub use error::PkiError;
 pub use key::{KeyType, PrivateKey};
 pub use profile::{CaProfile, CaSigner, Subject, WorkloadProfile};

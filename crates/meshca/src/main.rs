@@ -5,6 +5,8 @@
 mod cmd_certs;
 mod cmd_inspect;
 mod cmd_secret;
+mod cmd_serve;
+mod cmd_token;
 
 use std::process::ExitCode;
 
@@ -26,6 +28,11 @@ enum Command {
     Secret(cmd_secret::Args),
     /// Describe the certificates, CSRs and keys in PEM files.
     Inspect(cmd_inspect::Args),
+    /// Run an Istio-compatible CA server (IstioCertificateService).
+    Serve(Box<cmd_serve::Args>),
+    /// Mint service-account JWTs and print their JWKS.
+    #[command(subcommand)]
+    Token(cmd_token::Command),
 }
 
 fn main() -> ExitCode {
@@ -34,6 +41,8 @@ fn main() -> ExitCode {
         Command::Certs(a) => cmd_certs::run(*a),
         Command::Secret(a) => cmd_secret::run(a),
         Command::Inspect(a) => cmd_inspect::run(a),
+        Command::Serve(a) => cmd_serve::run(*a),
+        Command::Token(c) => cmd_token::run(c),
     };
     match result {
         Ok(code) => code,

@@ -1,0 +1,395 @@
+//! Starting and running the server: load the CA, bind the listeners, serve gRPC over TLS (or
+//! plaintext), keep the CA current, stop on request.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration as StdDuration;
+
+use arc_swap::ArcSwap;
+use meshca_pki::TrustDomain;
+use meshca_token::{Jwks, Verifier};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
+
+use crate::auth::Authenticator;
+use crate::clock::Clock;
+use crate::issuer::{CaHandle, IssuancePolicy, LoadedCa};
+use crate::metrics::Metrics;
+use crate::proto::istio_certificate_service_server::IstioCertificateServiceServer;
+use crate::service::CaService;
+use crate::source::{self, CaError, CaSource};
+use crate::tls::DynamicTls;
+
+/// Largest request accepted; a CSR is a few KiB.
+pub const MAX_REQUEST_BYTES: usize = 64 * 1024;
+
+/// Everything `meshca serve` is told.
+#[derive(Clone, Debug)]
+pub struct ServeConfig {
+    /// gRPC address.
+    pub listen: SocketAddr,
+    /// Where the CA comes from.
+    pub source: CaSource,
+    /// Trust domain of identities.
+    pub trust_domain: TrustDomain,
+    /// Serve without TLS (local use only).
+    pub plaintext: bool,
+    /// DNS names of the serving certificate.
+    pub serving_dns: Vec<String>,
+    /// JWT issuers and their JWKS files.
+    pub jwt_issuers: Vec<(String, PathBuf)>,
+    /// The audience tokens must carry.
+    pub audience: String,
+    /// This CA's cluster; requests naming another are refused.
+    pub cluster_id: Option<String>,
+    /// Lifetimes.
+    pub policy: IssuancePolicy,
+    /// Prometheus address.
+    pub metrics_addr: Option<SocketAddr>,
+    /// Accept a new bundle whose roots do not include the root in use.
+    pub allow_root_change: bool,
+    /// How often the CA source is looked at.
+    pub reload_interval: StdDuration,
+    /// How long a change must stay unchanged before it is loaded.
+    pub debounce: StdDuration,
+}
+
+/// Why the server could not start or stopped.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ServeError {
+    /// The CA could not be loaded.
+    #[error(transparent)]
+    Ca(#[from] CaError),
+    /// A JWKS file could not be read.
+    #[error("{path}: {reason}")]
+    Jwks {
+        /// the file
+        path: String,
+        /// why
+        reason: String,
+    },
+    /// A listener could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// the address
+        addr: SocketAddr,
+        /// the system's error
+        source: std::io::Error,
+    },
+    /// TLS material could not be made.
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsError),
+    /// The gRPC server failed.
+    #[error("gRPC server: {0}")]
+    Transport(String),
+}
+
+/// A running server.
+pub struct Running {
+    /// The bound gRPC address.
+    pub local_addr: SocketAddr,
+    /// The bound metrics address.
+    pub metrics_addr: Option<SocketAddr>,
+    /// Shared metrics.
+    pub metrics: Arc<Metrics>,
+    /// The CA in use.
+    pub ca: CaHandle,
+    stop: Option<oneshot::Sender<()>>,
+    join: JoinHandle<Result<(), ServeError>>,
+    background: Vec<JoinHandle<()>>,
+}
+
+impl Running {
+    /// Stops serving and waits for the server to finish.
+    pub async fn shutdown(mut self) -> Result<(), ServeError> {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        for b in &self.background {
+            b.abort();
+        }
+        self.join
+            .await
+            .map_err(|e| ServeError::Transport(e.to_string()))?
+    }
+
+    /// Waits until the server stops by itself (it does not, unless it fails).
+    pub async fn wait(self) -> Result<(), ServeError> {
+        self.join
+            .await
+            .map_err(|e| ServeError::Transport(e.to_string()))?
+    }
+}
+
+/// Loads the CA, binds, and starts serving in the background.
+pub async fn start(config: ServeConfig, clock: Arc<dyn Clock>) -> Result<Running, ServeError> {
+    let now = clock.now();
+    let loaded = match &config.source {
+        CaSource::Folder(dir) => source::load_folder(dir, now)?,
+        CaSource::SelfSigned { dir, trust_domain } => {
+            source::load_or_make_self_signed(dir, trust_domain, now)?
+        }
+    };
+    let metrics = Arc::new(Metrics::default());
+    record_expiry(&metrics, &loaded);
+    metrics.last_known_good.store(1, Ordering::Relaxed);
+    let ca: CaHandle = Arc::new(ArcSwap::from_pointee(loaded));
+
+    let jwt = if config.jwt_issuers.is_empty() {
+        None
+    } else {
+        let mut v = Verifier::new(&config.audience);
+        for (issuer, path) in &config.jwt_issuers {
+            let shown = path.display().to_string();
+            let bytes = std::fs::read(path).map_err(|e| ServeError::Jwks {
+                path: shown.clone(),
+                reason: format!("cannot read: {e}"),
+            })?;
+            let jwks = Jwks::from_json(&bytes, &shown).map_err(|e| ServeError::Jwks {
+                path: shown.clone(),
+                reason: e.to_string(),
+            })?;
+            v = v.trust(issuer, jwks);
+        }
+        Some(v)
+    };
+    let auth = Arc::new(Authenticator::new(
+        config.trust_domain.clone(),
+        jwt,
+        config.cluster_id.clone(),
+    ));
+    let service = CaService {
+        ca: ca.clone(),
+        auth,
+        policy: config.policy,
+        metrics: metrics.clone(),
+        clock: clock.clone(),
+    };
+
+    let listener = TcpListener::bind(config.listen)
+        .await
+        .map_err(|source| ServeError::Bind {
+            addr: config.listen,
+            source,
+        })?;
+    let local_addr = listener.local_addr().map_err(|source| ServeError::Bind {
+        addr: config.listen,
+        source,
+    })?;
+    let mut background = Vec::new();
+    let metrics_addr = match config.metrics_addr {
+        Some(addr) => {
+            let l = TcpListener::bind(addr)
+                .await
+                .map_err(|source| ServeError::Bind { addr, source })?;
+            let bound = l
+                .local_addr()
+                .map_err(|source| ServeError::Bind { addr, source })?;
+            background.push(tokio::spawn(crate::metrics::serve(l, metrics.clone())));
+            Some(bound)
+        }
+        None => None,
+    };
+
+    let tls = if config.plaintext {
+        None
+    } else {
+        Some(DynamicTls::new(
+            &ca.load(),
+            config.serving_dns.clone(),
+            now,
+        )?)
+    };
+    background.push(tokio::spawn(keep_current(
+        config.clone(),
+        ca.clone(),
+        tls.clone(),
+        metrics.clone(),
+        clock.clone(),
+    )));
+
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health
+        .set_serving::<IstioCertificateServiceServer<CaService>>()
+        .await;
+    let grpc =
+        IstioCertificateServiceServer::new(service).max_decoding_message_size(MAX_REQUEST_BYTES);
+    let router = tonic::transport::Server::builder()
+        .add_service(health_service)
+        .add_service(grpc);
+    let (stop_tx, stop_rx) = oneshot::channel::<()>();
+    let signal = async move {
+        let _ = stop_rx.await;
+    };
+    let join = match tls {
+        None => {
+            let incoming = TcpListenerStream::new(listener);
+            tokio::spawn(async move {
+                router
+                    .serve_with_incoming_shutdown(incoming, signal)
+                    .await
+                    .map_err(|e| ServeError::Transport(e.to_string()))
+            })
+        }
+        Some(tls) => {
+            let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls.server_config()?));
+            let (tx, rx) = mpsc::channel(256);
+            background.push(tokio::spawn(accept_tls(listener, acceptor, tx)));
+            let incoming = ReceiverStream::new(rx);
+            tokio::spawn(async move {
+                router
+                    .serve_with_incoming_shutdown(incoming, signal)
+                    .await
+                    .map_err(|e| ServeError::Transport(e.to_string()))
+            })
+        }
+    };
+    tracing::info!(addr = %local_addr, tls = !config.plaintext, "serving IstioCertificateService");
+    Ok(Running {
+        local_addr,
+        metrics_addr,
+        metrics,
+        ca,
+        stop: Some(stop_tx),
+        join,
+        background,
+    })
+}
+
+type TlsConn = tokio_rustls::server::TlsStream<TcpStream>;
+
+/// Accepts TCP connections and completes TLS handshakes off the accept loop, so that a client
+/// that stalls in its handshake holds up nobody else.
+async fn accept_tls(
+    listener: TcpListener,
+    acceptor: tokio_rustls::TlsAcceptor,
+    tx: mpsc::Sender<Result<TlsConn, std::io::Error>>,
+) {
+    loop {
+        let (sock, peer) = match listener.accept().await {
+            Ok(x) => x,
+            Err(e) => {
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(StdDuration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let _ = sock.set_nodelay(true);
+        let acceptor = acceptor.clone();
+        let tx = tx.clone();
+        tokio::spawn(async move {
+            match tokio::time::timeout(StdDuration::from_secs(10), acceptor.accept(sock)).await {
+                Ok(Ok(conn)) => {
+                    let _ = tx.send(Ok(conn)).await;
+                }
+                Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
+                Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+            }
+        });
+    }
+}
+
+fn record_expiry(metrics: &Metrics, ca: &LoadedCa) {
+    let path = ca.bundle().path();
+    metrics
+        .root_cert_expiry_timestamp
+        .store(path.root().not_after().unix_timestamp(), Ordering::Relaxed);
+    metrics
+        .cert_chain_expiry_timestamp
+        .store(path.not_after().unix_timestamp(), Ordering::Relaxed);
+}
+
+/// Watches the CA source and the serving certificate, swapping in what is new and valid.
+async fn keep_current(
+    config: ServeConfig,
+    ca: CaHandle,
+    tls: Option<Arc<DynamicTls>>,
+    metrics: Arc<Metrics>,
+    clock: Arc<dyn Clock>,
+) {
+    let mut last_refused: Option<Vec<u8>> = None;
+    loop {
+        tokio::time::sleep(config.reload_interval).await;
+        let now = clock.now();
+        let current = ca.load_full();
+        let next = match &config.source {
+            CaSource::Folder(dir) => {
+                let dir = dir.clone();
+                let read = tokio::task::spawn_blocking({
+                    let dir = dir.clone();
+                    move || source::read_folder(&dir)
+                })
+                .await;
+                let Ok(Ok((_, fp))) = read else { continue };
+                if fp == current.fingerprint() || last_refused.as_deref() == Some(fp.as_slice()) {
+                    continue;
+                }
+                // Debounce: writers that update files one by one settle first.
+                tokio::time::sleep(config.debounce).await;
+                let shown = dir.display().to_string();
+                let loaded = tokio::task::spawn_blocking(move || {
+                    let (files, fp2) = source::read_folder(&dir)?;
+                    Ok::<_, CaError>((files, fp2))
+                })
+                .await;
+                let Ok(Ok((files, fp2))) = loaded else {
+                    continue;
+                };
+                if fp2 != fp {
+                    continue;
+                }
+                let attempt = meshca_pki::CacertsBundle::from_files(&files, &shown, now)
+                    .map_err(CaError::from)
+                    .map(|b| LoadedCa::new(b, fp2.clone()))
+                    .and_then(|new| {
+                        source::check_root_change(&current, &new, &shown, config.allow_root_change)
+                            .map(|()| new)
+                    });
+                match attempt {
+                    Ok(new) => Some(new),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "new CA bundle refused; the last good CA keeps signing");
+                        metrics.reload_failure_count.fetch_add(1, Ordering::Relaxed);
+                        metrics.last_known_good.store(0, Ordering::Relaxed);
+                        last_refused = Some(fp2);
+                        None
+                    }
+                }
+            }
+            CaSource::SelfSigned { dir, trust_domain } => {
+                match source::rotate_self_signed_if_due(dir, &current, trust_domain, now) {
+                    Ok(next) => next,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "self-signed root rotation failed");
+                        None
+                    }
+                }
+            }
+        };
+        if let Some(new) = next {
+            if let Some(tls) = &tls
+                && let Err(e) = tls.update(&new, now)
+            {
+                tracing::warn!(error = %e, "serving certificate not renewed; keeping the old CA");
+                metrics.reload_failure_count.fetch_add(1, Ordering::Relaxed);
+                continue;
+            }
+            record_expiry(&metrics, &new);
+            ca.store(Arc::new(new));
+            last_refused = None;
+            metrics.reload_success_count.fetch_add(1, Ordering::Relaxed);
+            metrics.last_known_good.store(1, Ordering::Relaxed);
+            tracing::info!("CA bundle reloaded");
+        } else if let Some(tls) = &tls
+            && tls.serving_due(now)
+            && let Err(e) = tls.update(&current, now)
+        {
+            tracing::warn!(error = %e, "serving certificate renewal failed");
+        }
+    }
+}

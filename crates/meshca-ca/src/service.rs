@@ -1,0 +1,113 @@
+//! The gRPC edge: `IstioCertificateService/CreateCertificate`. Protocol types become domain
+//! types here, and domain errors become status codes without internals.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+
+use meshca_pki::CertificateRequest;
+use tonic::{Request, Response, Status};
+
+use crate::auth::{Authenticator, Credentials};
+use crate::clock::Clock;
+use crate::issuer::{CaHandle, IssuancePolicy, IssueError};
+use crate::metrics::Metrics;
+use crate::proto::istio_certificate_service_server::IstioCertificateService;
+use crate::proto::{IstioCertificateRequest, IstioCertificateResponse};
+
+/// The CA service.
+pub struct CaService {
+    pub(crate) ca: CaHandle,
+    pub(crate) auth: Arc<Authenticator>,
+    pub(crate) policy: IssuancePolicy,
+    pub(crate) metrics: Arc<Metrics>,
+    pub(crate) clock: Arc<dyn Clock>,
+}
+
+#[tonic::async_trait]
+impl IstioCertificateService for CaService {
+    async fn create_certificate(
+        &self,
+        request: Request<IstioCertificateRequest>,
+    ) -> Result<Response<IstioCertificateResponse>, Status> {
+        let started = Instant::now();
+        self.metrics.csr_count.fetch_add(1, Ordering::Relaxed);
+        let now = self.clock.now();
+        let peer: Option<Vec<Vec<u8>>> = request
+            .peer_certs()
+            .map(|certs| certs.iter().map(|c| c.as_ref().to_vec()).collect());
+        let meta = request.metadata();
+        let authorization = meta.get("authorization").and_then(|v| v.to_str().ok());
+        let cluster_id = meta.get("clusterid").and_then(|v| v.to_str().ok());
+        let creds = Credentials {
+            peer_certs: peer.as_deref(),
+            authorization,
+            cluster_id,
+        };
+        let identity = match self.auth.authenticate(&creds, now) {
+            Ok(id) => id,
+            Err(e) => {
+                self.metrics
+                    .authentication_failure_count
+                    .fetch_add(1, Ordering::Relaxed);
+                tracing::info!(reason = %e, "authentication failed");
+                return Err(Status::unauthenticated(format!(
+                    "request authenticate failure: {e}"
+                )));
+            }
+        };
+        let msg = request.into_inner();
+        let csr = match CertificateRequest::from_pem(msg.csr.as_bytes(), "CSR") {
+            Ok(c) => c,
+            Err(e) => {
+                self.metrics
+                    .csr_parsing_err_count
+                    .fetch_add(1, Ordering::Relaxed);
+                return Err(Status::invalid_argument(e.to_string()));
+            }
+        };
+        let wanted = identity.to_string();
+        if let Some(other) = csr.uris().iter().find(|u| **u != wanted) {
+            return Err(Status::permission_denied(format!(
+                "CSR asks for {other} but the caller is {wanted}"
+            )));
+        }
+        if let Some(other) = csr.other_sans().first() {
+            return Err(Status::permission_denied(format!(
+                "CSR asks for {other}; only the caller's identity {wanted} is issued"
+            )));
+        }
+        if let Some(imp) = msg
+            .metadata
+            .as_ref()
+            .and_then(|m| m.fields.get("ImpersonatedIdentity"))
+            .and_then(|v| match &v.kind {
+                Some(prost_types::value::Kind::StringValue(s)) if !s.is_empty() => Some(s.clone()),
+                _ => None,
+            })
+            && imp != wanted
+        {
+            return Err(Status::permission_denied(format!(
+                "{wanted} may not impersonate {imp}"
+            )));
+        }
+        let ca = self.ca.load();
+        let chain = ca
+            .issue(&csr, &identity, msg.validity_duration, &self.policy, now)
+            .map_err(|e| match e {
+                IssueError::TtlTooLong { .. } => Status::invalid_argument(e.to_string()),
+                other => {
+                    tracing::error!(error = %other, "issuance failed");
+                    Status::internal("certificate signing failed")
+                }
+            })?;
+        self.metrics
+            .success_cert_issuance_count
+            .fetch_add(1, Ordering::Relaxed);
+        self.metrics.observe_issuance(started.elapsed());
+        tracing::debug!(identity = %identity, "issued");
+        Ok(Response::new(IstioCertificateResponse {
+            cert_chain: chain,
+        }))
+    }
+}

@@ -1,0 +1,168 @@
+//! `meshca serve`: flags in, a running CA server out, until Ctrl-C or SIGTERM.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use meshca_ca::issuer::IssuancePolicy;
+use meshca_ca::{CaSource, ServeConfig, SystemClock};
+use meshca_pki::TrustDomain;
+
+/// An Istio-compatible CA: IstioCertificateService/CreateCertificate over gRPC, signing with a
+/// plugged-in cacerts bundle (or a self-signed root), reloading it when it changes.
+#[derive(clap::Args)]
+pub struct Args {
+    /// gRPC address.
+    #[arg(long, default_value = "0.0.0.0:15012")]
+    listen: SocketAddr,
+    /// The cacerts folder (Istio or tls.crt layout).
+    #[arg(long, default_value = "./etc/cacerts")]
+    cacerts: PathBuf,
+    /// Without a cacerts folder, keep a self-signed root here (made on first start, rotated at 20% life left).
+    #[arg(long, value_name = "DIR")]
+    self_signed_dir: Option<PathBuf>,
+    /// Trust domain of workload identities.
+    #[arg(long, env = "TRUST_DOMAIN", default_value = "cluster.local")]
+    trust_domain: String,
+    /// Serve gRPC without TLS (local use only).
+    #[arg(long)]
+    plaintext: bool,
+    /// DNS names of the serving certificate [default: istiod's three names].
+    #[arg(long = "serving-dns", value_name = "NAME")]
+    serving_dns: Vec<String>,
+    /// Accept service-account JWTs from ISSUER, checked against the keys in JWKS_FILE. Repeatable.
+    #[arg(long = "jwt-issuer", value_name = "ISSUER=JWKS_FILE")]
+    jwt_issuers: Vec<String>,
+    /// The audience JWTs must carry.
+    #[arg(long, default_value = "istio-ca")]
+    audience: String,
+    /// This CA's cluster: requests whose clusterid names another cluster are refused.
+    #[arg(long)]
+    cluster_id: Option<String>,
+    /// Default workload certificate lifetime (e.g. 24h, 90m, 7d).
+    #[arg(long, default_value = "24h", value_parser = parse_duration)]
+    workload_cert_ttl: time::Duration,
+    /// Longest lifetime a request may ask for; longer requests are refused.
+    #[arg(long, default_value = "90d", value_parser = parse_duration)]
+    max_workload_cert_ttl: time::Duration,
+    /// Prometheus metrics address.
+    #[arg(long, value_name = "ADDR")]
+    metrics_addr: Option<SocketAddr>,
+    /// Accept a new bundle whose roots do not include the root in use.
+    #[arg(long)]
+    allow_root_change: bool,
+    /// How often the CA folder is checked for changes.
+    #[arg(long, default_value = "1s", value_parser = parse_duration)]
+    reload_interval: time::Duration,
+    /// Log as JSON lines.
+    #[arg(long)]
+    log_json: bool,
+}
+
+/// Reads `90s`, `15m`, `24h`, `7d`, or plain seconds.
+pub fn parse_duration(s: &str) -> Result<time::Duration, String> {
+    let s = s.trim();
+    let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
+    let n: i64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration like 90s, 15m, 24h or 7d"))?;
+    let d = match unit {
+        "" | "s" => time::Duration::seconds(n),
+        "ms" => time::Duration::milliseconds(n),
+        "m" => time::Duration::minutes(n),
+        "h" => time::Duration::hours(n),
+        "d" => time::Duration::days(n),
+        _ => {
+            return Err(format!(
+                "{s:?}: unknown unit {unit:?} (use ms, s, m, h or d)"
+            ));
+        }
+    };
+    if d <= time::Duration::ZERO {
+        return Err(format!("{s:?} must be more than zero"));
+    }
+    Ok(d)
+}
+
+pub fn run(a: Args) -> anyhow::Result<ExitCode> {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("MESHCA_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if a.log_json {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+    let trust_domain = TrustDomain::new(&a.trust_domain)?;
+    let source = match a.self_signed_dir {
+        Some(dir) if !a.cacerts.exists() => CaSource::SelfSigned {
+            dir,
+            trust_domain: trust_domain.clone(),
+        },
+        _ => CaSource::Folder(a.cacerts),
+    };
+    let jwt_issuers = a
+        .jwt_issuers
+        .iter()
+        .map(|s| {
+            s.split_once('=')
+                .map(|(i, f)| (i.to_owned(), PathBuf::from(f)))
+                .ok_or_else(|| anyhow::anyhow!("--jwt-issuer {s:?}: expected ISSUER=JWKS_FILE"))
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let serving_dns = if a.serving_dns.is_empty() {
+        meshca_ca::tls::ISTIOD_DNS_NAMES
+            .iter()
+            .map(|s| (*s).to_owned())
+            .collect()
+    } else {
+        a.serving_dns
+    };
+    let config = ServeConfig {
+        listen: a.listen,
+        source,
+        trust_domain,
+        plaintext: a.plaintext,
+        serving_dns,
+        jwt_issuers,
+        audience: a.audience,
+        cluster_id: a.cluster_id,
+        policy: IssuancePolicy {
+            default_ttl: a.workload_cert_ttl,
+            max_ttl: a.max_workload_cert_ttl,
+        },
+        metrics_addr: a.metrics_addr,
+        allow_root_change: a.allow_root_change,
+        reload_interval: Duration::from_millis(
+            u64::try_from(a.reload_interval.whole_milliseconds()).unwrap_or(1000),
+        ),
+        debounce: Duration::from_millis(100),
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async move {
+        let running = meshca_ca::start(config, Arc::new(SystemClock)).await?;
+        // Scripts read this line to learn the bound addresses.
+        println!(
+            "listening on {}{}",
+            running.local_addr,
+            running
+                .metrics_addr
+                .map(|m| format!(" (metrics on {m})"))
+                .unwrap_or_default()
+        );
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+        tracing::info!("shutting down");
+        running.shutdown().await?;
+        Ok::<_, anyhow::Error>(ExitCode::SUCCESS)
+    })
+}
