@@ -53,7 +53,7 @@ mod tests {
                 .collect::<Vec<_>>()
         };
         assert_eq!(median(&ms(&[5, 1, 3])), Duration::from_millis(3));
-        assert_eq!(median(&ms(&[4, 1, 3, 2])), Duration::from_millis(2500));
+        assert_eq!(median(&ms(&[4, 1, 3, 2])), Duration::from_micros(2500));
         assert_eq!(median(&[]), Duration::ZERO);
     }
 }
