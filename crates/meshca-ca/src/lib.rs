@@ -15,6 +15,7 @@ pub mod server;
 pub mod service;
 pub mod source;
 pub mod tls;
+pub mod tokenreview;
 
 pub mod proto {
     //! Types generated from `proto/istio/v1/auth/ca.proto`.
