@@ -24,5 +24,5 @@ pub mod proto {
 }
 
 pub use clock::{Clock, FakeClock, SystemClock};
-pub use server::{Running, ServeConfig, ServeError, start};
+pub use server::{Running, ServeConfig, ServeError, TokenReviewConfig, start};
 pub use source::CaSource;

@@ -56,6 +56,19 @@ pub struct ServeConfig {
     pub reload_interval: StdDuration,
     /// How long a change must stay unchanged before it is loaded.
     pub debounce: StdDuration,
+    /// Kubernetes TokenReview for bearer tokens JWT verification does not accept.
+    pub token_review: Option<TokenReviewConfig>,
+}
+
+/// Where to send TokenReviews.
+#[derive(Clone, Debug)]
+pub struct TokenReviewConfig {
+    /// The API server's URL.
+    pub api_server: String,
+    /// The CA file that signed the API server's certificate (for https).
+    pub ca_file: Option<PathBuf>,
+    /// The file holding the server's own token, used to call the API.
+    pub token_file: PathBuf,
 }
 
 /// Why the server could not start or stopped.
@@ -73,6 +86,9 @@ pub enum ServeError {
         /// why
         reason: String,
     },
+    /// TokenReview could not be set up.
+    #[error("TokenReview: {0}")]
+    TokenReview(String),
     /// A listener could not be bound.
     #[error("cannot listen on {addr}: {source}")]
     Bind {
@@ -163,12 +179,36 @@ pub async fn start(config: ServeConfig, clock: Arc<dyn Clock>) -> Result<Running
         jwt,
         config.cluster_id.clone(),
     ));
+    let reviewer = match &config.token_review {
+        None => None,
+        Some(tr) => {
+            let read = |p: &PathBuf| {
+                std::fs::read(p).map_err(|e| {
+                    ServeError::TokenReview(format!("{}: cannot read: {e}", p.display()))
+                })
+            };
+            let ca_pem = tr.ca_file.as_ref().map(read).transpose()?;
+            let token = String::from_utf8_lossy(&read(&tr.token_file)?)
+                .trim()
+                .to_owned();
+            let r = crate::tokenreview::TokenReviewer::new(
+                &tr.api_server,
+                ca_pem.as_deref(),
+                token,
+                vec![config.audience.clone()],
+                crate::tokenreview::DEFAULT_TIMEOUT,
+            )
+            .map_err(|e| ServeError::TokenReview(e.to_string()))?;
+            Some(Arc::new(r))
+        }
+    };
     let service = CaService {
         ca: ca.clone(),
         auth,
         policy: config.policy,
         metrics: metrics.clone(),
         clock: clock.clone(),
+        reviewer,
     };
 
     let listener = TcpListener::bind(config.listen)

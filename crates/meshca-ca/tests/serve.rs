@@ -72,6 +72,7 @@ fn config(source: CaSource, jwt: &Jwt) -> ServeConfig {
         allow_root_change: false,
         reload_interval: Duration::from_millis(50),
         debounce: Duration::from_millis(20),
+        token_review: None,
     }
 }
 
@@ -677,4 +678,93 @@ async fn the_self_signed_root_survives_a_restart_and_rotates_keeping_its_key() {
         root1.matches_key(&old_key) && new_root.matches_key(&old_key),
         "same key"
     );
+}
+
+/// A one-request Kubernetes API server that says the token belongs to foo/bar.
+async fn fake_api_server() -> (String, tokio::task::JoinHandle<String>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let handle = tokio::spawn(async move {
+        let (mut s, _) = l.accept().await.unwrap();
+        let mut buf = Vec::new();
+        let mut chunk = [0u8; 4096];
+        loop {
+            let n = s.read(&mut chunk).await.unwrap();
+            buf.extend_from_slice(&chunk[..n]);
+            let text = String::from_utf8_lossy(&buf).to_string();
+            if let Some(end) = text.find("\r\n\r\n") {
+                let len: usize = text[..end]
+                    .lines()
+                    .find_map(|l| {
+                        l.to_ascii_lowercase()
+                            .strip_prefix("content-length:")
+                            .map(|v| v.trim().to_owned())
+                    })
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(0);
+                if buf.len() >= end + 4 + len {
+                    break;
+                }
+            }
+        }
+        let body = r#"{"apiVersion":"authentication.k8s.io/v1","kind":"TokenReview","status":{"authenticated":true,"user":{"username":"system:serviceaccount:foo:bar"},"audiences":["istio-ca"]}}"#;
+        let resp = format!(
+            "HTTP/1.1 201 Created\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+            body.len()
+        );
+        s.write_all(resp.as_bytes()).await.unwrap();
+        String::from_utf8_lossy(&buf).into_owned()
+    });
+    (format!("http://{addr}"), handle)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokens_no_jwt_issuer_accepts_go_to_kubernetes_token_review() {
+    let t = tempfile::tempdir().unwrap();
+    let cacerts = t.path().join("cacerts");
+    copy_samples(&cacerts, true);
+    let jwt = Jwt::new(t.path());
+    let (api, seen) = fake_api_server().await;
+    std::fs::write(t.path().join("reviewer-token"), "reviewer-secret\n").unwrap();
+    let mut cfg = config(CaSource::Folder(cacerts.clone()), &jwt);
+    cfg.token_review = Some(meshca_ca::TokenReviewConfig {
+        api_server: api,
+        ca_file: None,
+        token_file: t.path().join("reviewer-token"),
+    });
+    let server = meshca_ca::start(cfg, Arc::new(SystemClock)).await.unwrap();
+    let root = std::fs::read_to_string(cacerts.join("root-cert.pem")).unwrap();
+    let mut c = client(&server, &root, None).await;
+    let (_k, csr) = csr_for("spiffe://cluster.local/ns/foo/sa/bar");
+    let chain = c
+        .create_certificate(request(csr, Some("opaque-projected-token"), 0))
+        .await
+        .unwrap()
+        .into_inner()
+        .cert_chain;
+    let leaf = Certificate::one_from_pem(chain[0].as_bytes(), "leaf").unwrap();
+    assert_eq!(leaf.uris(), ["spiffe://cluster.local/ns/foo/sa/bar"]);
+    let req = seen.await.unwrap();
+    assert!(
+        req.starts_with("POST /apis/authentication.k8s.io/v1/tokenreviews HTTP/1.1"),
+        "{req}"
+    );
+    assert!(
+        req.contains("\"token\":\"opaque-projected-token\""),
+        "{req}"
+    );
+    assert!(
+        req.to_ascii_lowercase()
+            .contains("authorization: bearer reviewer-secret"),
+        "{req}"
+    );
+    // With the API server gone, the same token is refused, not waved through.
+    let (_k, csr) = csr_for("spiffe://cluster.local/ns/foo/sa/bar");
+    let err = c
+        .create_certificate(request(csr, Some("opaque-projected-token"), 0))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::Unauthenticated);
+    server.shutdown().await.unwrap();
 }

@@ -56,6 +56,19 @@ pub struct Args {
     /// How often the CA folder is checked for changes.
     #[arg(long, default_value = "1s", value_parser = parse_duration)]
     reload_interval: time::Duration,
+    /// Kubernetes API server for TokenReview of bearer tokens that no --jwt-issuer accepts.
+    #[arg(long, value_name = "URL")]
+    k8s_api_server: Option<String>,
+    /// CA file of the API server's certificate.
+    #[arg(long, value_name = "FILE", requires = "k8s_api_server")]
+    k8s_ca: Option<PathBuf>,
+    /// File holding the token meshca uses to call the API server.
+    #[arg(
+        long,
+        value_name = "FILE",
+        default_value = "/var/run/secrets/kubernetes.io/serviceaccount/token"
+    )]
+    k8s_token_file: PathBuf,
     /// Log as JSON lines.
     #[arg(long)]
     log_json: bool,
@@ -141,6 +154,13 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
             u64::try_from(a.reload_interval.whole_milliseconds()).unwrap_or(1000),
         ),
         debounce: Duration::from_millis(100),
+        token_review: a
+            .k8s_api_server
+            .map(|api_server| meshca_ca::TokenReviewConfig {
+                api_server,
+                ca_file: a.k8s_ca,
+                token_file: a.k8s_token_file,
+            }),
     };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
