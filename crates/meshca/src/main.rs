@@ -7,6 +7,7 @@ mod cmd_inspect;
 mod cmd_secret;
 mod cmd_serve;
 mod cmd_token;
+mod cmd_verify;
 
 use std::process::ExitCode;
 
@@ -33,6 +34,9 @@ enum Command {
     /// Mint service-account JWTs and print their JWKS.
     #[command(subcommand)]
     Token(cmd_token::Command),
+    /// Check that workloads carry certificates from the plugged-in CA and share one root.
+    #[command(subcommand)]
+    Verify(cmd_verify::Command),
 }
 
 fn main() -> ExitCode {
@@ -43,6 +47,7 @@ fn main() -> ExitCode {
         Command::Inspect(a) => cmd_inspect::run(a),
         Command::Serve(a) => cmd_serve::run(*a),
         Command::Token(c) => cmd_token::run(c),
+        Command::Verify(c) => cmd_verify::run(c),
     };
     match result {
         Ok(code) => code,

@@ -1,0 +1,353 @@
+//! The verification steps operators run by hand, as code: a workload's chain against the
+//! `cacerts` bundle it should come from (`openssl x509 | diff` and `openssl verify`), one root
+//! across clusters, and the secrets of `istioctl proxy-config secret -o json` dumps.
+//!
+//! Sans-IO: callers hand in file contents and `now`; results are [`Report`]s of named checks.
+
+#![forbid(unsafe_code)]
+
+use std::collections::BTreeMap;
+
+use base64::Engine;
+use meshca_pki::{Certificate, PkiError, verify_path};
+use serde::Serialize;
+use time::OffsetDateTime;
+
+/// One check and its outcome.
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct Check {
+    /// What was checked.
+    pub name: String,
+    /// Whether it held.
+    pub ok: bool,
+    /// Why, in one line.
+    pub detail: String,
+}
+
+/// The checks of one verification.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Report {
+    /// The checks in the order they ran.
+    pub checks: Vec<Check>,
+}
+
+impl Report {
+    fn push(&mut self, name: impl Into<String>, ok: bool, detail: impl Into<String>) {
+        self.checks.push(Check {
+            name: name.into(),
+            ok,
+            detail: detail.into(),
+        });
+    }
+
+    /// Whether every check held.
+    pub fn passed(&self) -> bool {
+        self.checks.iter().all(|c| c.ok)
+    }
+}
+
+/// Why a verification could not run at all (as opposed to a check that failed).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum VerifyError {
+    /// A file did not parse.
+    #[error(transparent)]
+    Pki(#[from] PkiError),
+    /// A bundle lacks the file a check needs.
+    #[error("{dir}: neither {a} nor {b} found")]
+    MissingFile {
+        /// the bundle folder
+        dir: String,
+        /// the Istio layout's file
+        a: &'static str,
+        /// the tls.crt layout's file
+        b: &'static str,
+    },
+    /// An Envoy secret dump is not what `istioctl proxy-config secret -o json` prints.
+    #[error("{origin}: {reason}")]
+    BadDump {
+        /// the file
+        origin: String,
+        /// what is wrong
+        reason: String,
+    },
+}
+
+/// The root and signing certificates of a bundle folder, in either layout.
+#[derive(Clone, Debug)]
+pub struct BundleCerts {
+    /// Where the bundle is.
+    pub dir: String,
+    /// The roots of `root-cert.pem` (or `ca.crt`).
+    pub roots: Vec<Certificate>,
+    /// The signing certificate, `ca-cert.pem` (or the first of `tls.crt`).
+    pub ca: Certificate,
+    /// Further certificates of `cert-chain.pem` (or `tls.crt`), usable as intermediates.
+    pub chain: Vec<Certificate>,
+}
+
+impl BundleCerts {
+    /// Reads the certificates of a bundle from its files (name → contents).
+    pub fn from_files(dir: &str, files: &BTreeMap<String, Vec<u8>>) -> Result<Self, VerifyError> {
+        let pick =
+            |a: &'static str, b: &'static str| -> Result<(&'static str, &Vec<u8>), VerifyError> {
+                files
+                    .get(a)
+                    .map(|v| (a, v))
+                    .or_else(|| files.get(b).map(|v| (b, v)))
+                    .ok_or_else(|| VerifyError::MissingFile {
+                        dir: dir.to_owned(),
+                        a,
+                        b,
+                    })
+            };
+        let at = |name: &str| format!("{}/{name}", dir.trim_end_matches('/'));
+        let (rname, rbytes) = pick("root-cert.pem", "ca.crt")?;
+        let (cname, cbytes) = pick("ca-cert.pem", "tls.crt")?;
+        let roots = Certificate::all_from_pem(rbytes, &at(rname))?;
+        let mut cas = Certificate::all_from_pem(cbytes, &at(cname))?;
+        let ca = cas.remove(0).with_origin(&at(cname));
+        let mut chain = cas;
+        if let Some(bytes) = files.get("cert-chain.pem") {
+            chain.extend(Certificate::all_from_pem(bytes, &at("cert-chain.pem"))?);
+        }
+        Ok(BundleCerts {
+            dir: dir.to_owned(),
+            roots,
+            ca,
+            chain,
+        })
+    }
+}
+
+/// Seed steps 3 to 5 for one presented chain (leaf first): its root is identical to the
+/// bundle's root, its CA certificate identical to the bundle's, and it verifies leaf to root.
+pub fn chain_against_bundle(
+    bundle: &BundleCerts,
+    chain: &[Certificate],
+    now: OffsetDateTime,
+) -> Report {
+    let mut r = Report::default();
+    let Some(leaf) = chain.first() else {
+        r.push("chain is not empty", false, "no certificate presented");
+        return r;
+    };
+    let root_name = format!("root is identical to {}", bundle.roots[0].origin());
+    match chain
+        .iter()
+        .skip(1)
+        .rev()
+        .find(|c| c.is_ca() && c.is_self_issued())
+    {
+        Some(root) if bundle.roots.contains(root) => r.push(
+            root_name,
+            true,
+            format!("{} (SHA-256 {})", root.subject(), short_fp(root)),
+        ),
+        Some(root) => r.push(
+            root_name,
+            false,
+            format!(
+                "the chain ends at \"{}\" (SHA-256 {}), which is not in the bundle",
+                root.subject(),
+                short_fp(root)
+            ),
+        ),
+        None => r.push(root_name, false, "the chain does not include a root"),
+    }
+    let ca_name = format!("CA certificate is identical to {}", bundle.ca.origin());
+    match chain.get(1) {
+        Some(c) if c == &bundle.ca => r.push(ca_name, true, c.subject().to_owned()),
+        Some(c) => r.push(
+            ca_name,
+            false,
+            format!(
+                "the chain's CA is \"{}\" (SHA-256 {})",
+                c.subject(),
+                short_fp(c)
+            ),
+        ),
+        None => r.push(ca_name, false, "the chain holds only the leaf"),
+    }
+    let intermediates: Vec<Certificate> = chain[1..]
+        .iter()
+        .filter(|c| !bundle.roots.contains(c))
+        .cloned()
+        .collect();
+    match verify_path(leaf, &intermediates, &bundle.roots, now) {
+        Ok(path) => r.push(
+            "chain verifies from leaf to root",
+            true,
+            format!(
+                "{} certificates, valid until {}",
+                path.certs().len(),
+                meshca_pki::error::show_time(path.not_after())
+            ),
+        ),
+        Err(e) => r.push("chain verifies from leaf to root", false, e.to_string()),
+    }
+    r
+}
+
+/// Seed 001, step 2: every cluster bundle has the same root bundle, and each bundle's
+/// intermediate chains to it. The odd ones out are named.
+pub fn same_roots(bundles: &[BundleCerts], now: OffsetDateTime) -> Report {
+    let mut r = Report::default();
+    let key = |b: &BundleCerts| {
+        let mut fps: Vec<String> = b.roots.iter().map(short_fp).collect();
+        fps.sort();
+        fps.join("+")
+    };
+    let mut counts: BTreeMap<String, usize> = BTreeMap::new();
+    for b in bundles {
+        *counts.entry(key(b)).or_default() += 1;
+    }
+    let majority = counts
+        .iter()
+        .max_by_key(|(_, n)| **n)
+        .map(|(k, _)| k.clone())
+        .unwrap_or_default();
+    for b in bundles {
+        match verify_path(&b.ca, &b.chain, &b.roots, now) {
+            Ok(_) => r.push(
+                format!("{}: intermediate chains to its root", b.dir),
+                true,
+                b.ca.subject().to_owned(),
+            ),
+            Err(e) => r.push(
+                format!("{}: intermediate chains to its root", b.dir),
+                false,
+                e.to_string(),
+            ),
+        }
+    }
+    let odd: Vec<&str> = bundles
+        .iter()
+        .filter(|b| key(b) != majority)
+        .map(|b| b.dir.as_str())
+        .collect();
+    if odd.is_empty() {
+        r.push(
+            format!("all {} bundles share one root", bundles.len()),
+            true,
+            format!("root SHA-256 {majority}"),
+        );
+    } else {
+        r.push(
+            format!("all {} bundles share one root", bundles.len()),
+            false,
+            format!(
+                "{} differ from the others' root (SHA-256 {majority})",
+                odd.join(", ")
+            ),
+        );
+    }
+    r
+}
+
+/// The two secrets of an Envoy dump that matter.
+#[derive(Clone, Debug)]
+pub struct ProxySecrets {
+    /// Where the dump came from.
+    pub origin: String,
+    /// `ROOTCA`'s trusted CA certificates.
+    pub roots: Vec<Certificate>,
+    /// `default`'s certificate chain, leaf first.
+    pub chain: Vec<Certificate>,
+}
+
+impl ProxySecrets {
+    /// Reads `istioctl proxy-config secret <pod> -o json` output.
+    pub fn from_json(bytes: &[u8], origin: &str) -> Result<Self, VerifyError> {
+        let bad = |reason: &str| VerifyError::BadDump {
+            origin: origin.to_owned(),
+            reason: reason.to_owned(),
+        };
+        let v: serde_json::Value =
+            serde_json::from_slice(bytes).map_err(|e| bad(&format!("not JSON: {e}")))?;
+        let secrets = v
+            .get("dynamicActiveSecrets")
+            .and_then(|s| s.as_array())
+            .ok_or_else(|| bad("no dynamicActiveSecrets list"))?;
+        let find = |name: &str| {
+            secrets
+                .iter()
+                .find(|s| s.get("name").and_then(|n| n.as_str()) == Some(name))
+        };
+        let decode = |v: Option<&serde_json::Value>, what: &str| -> Result<Vec<u8>, VerifyError> {
+            let text = v
+                .and_then(|x| x.as_str())
+                .ok_or_else(|| bad(&format!("{what}: inlineBytes missing")))?;
+            base64::engine::general_purpose::STANDARD
+                .decode(text)
+                .map_err(|_| bad(&format!("{what}: inlineBytes is not base64")))
+        };
+        let root = find("ROOTCA").ok_or_else(|| bad("no secret named ROOTCA"))?;
+        let root_pem = decode(
+            root.pointer("/secret/validationContext/trustedCa/inlineBytes"),
+            "ROOTCA",
+        )?;
+        let def = find("default").ok_or_else(|| bad("no secret named default"))?;
+        let chain_pem = decode(
+            def.pointer("/secret/tlsCertificate/certificateChain/inlineBytes"),
+            "default",
+        )?;
+        Ok(ProxySecrets {
+            origin: origin.to_owned(),
+            roots: Certificate::all_from_pem(&root_pem, &format!("{origin} ROOTCA"))?,
+            chain: Certificate::all_from_pem(&chain_pem, &format!("{origin} default"))?,
+        })
+    }
+}
+
+/// Seed 001, step 3: each proxy's certificate verifies against its own ROOTCA, and all proxies
+/// trust the same root.
+pub fn envoy_secrets(proxies: &[ProxySecrets], now: OffsetDateTime) -> Report {
+    let mut r = Report::default();
+    for p in proxies {
+        let name = format!("{}: certificate verifies against its ROOTCA", p.origin);
+        match p.chain.first() {
+            None => r.push(name, false, "no certificate in the default secret"),
+            Some(leaf) => match verify_path(leaf, &p.chain[1..], &p.roots, now) {
+                Ok(path) => r.push(
+                    name,
+                    true,
+                    leaf.uris()
+                        .first()
+                        .cloned()
+                        .unwrap_or_else(|| path.root().subject().to_owned()),
+                ),
+                Err(e) => r.push(name, false, e.to_string()),
+            },
+        }
+    }
+    let sets: Vec<(String, &str)> = proxies
+        .iter()
+        .map(|p| {
+            let mut fps: Vec<String> = p.roots.iter().map(short_fp).collect();
+            fps.sort();
+            (fps.join("+"), p.origin.as_str())
+        })
+        .collect();
+    let first = sets.first().map(|s| s.0.clone()).unwrap_or_default();
+    let odd: Vec<&str> = sets.iter().filter(|s| s.0 != first).map(|s| s.1).collect();
+    let name = format!("all {} proxies share one root", proxies.len());
+    if odd.is_empty() {
+        r.push(name, true, format!("root SHA-256 {first}"));
+    } else {
+        r.push(
+            name,
+            false,
+            format!(
+                "{} trust a different root than {}",
+                odd.join(", "),
+                sets[0].1
+            ),
+        );
+    }
+    r
+}
+
+fn short_fp(c: &Certificate) -> String {
+    meshca_pki::describe::hex_colons(&c.sha256_fingerprint()[..8])
+}

@@ -1,0 +1,253 @@
+//! `meshca verify`: each check shown passing, and each broken by a chain or bundle that breaks
+//! exactly that check.
+
+#![allow(clippy::unwrap_used)] // test helpers panic on setup failures by design
+
+use std::fs;
+use std::path::Path;
+
+use base64::Engine;
+use meshca_testkit::{Run, pem_blocks, run_in};
+
+const MESHCA: &str = env!("CARGO_BIN_EXE_meshca");
+const FAST: &[(&str, &str)] = &[
+    ("ROOTCA_KEY_TYPE", "ecdsa-p256"),
+    ("INTERMEDIATE_KEY_TYPE", "ecdsa-p256"),
+];
+
+fn meshca(dir: &Path, args: &[&str]) -> Run {
+    run_in(MESHCA, dir, args, FAST)
+}
+
+/// One root with c1, c2 and two namespaces with workloads; another root with c3 in `other/`.
+fn world() -> tempfile::TempDir {
+    let t = tempfile::tempdir().unwrap();
+    meshca(
+        t.path(),
+        &[
+            "certs",
+            "c1-cacerts",
+            "c2-cacerts",
+            "foo-certs",
+            "bar-certs",
+        ],
+    )
+    .ok();
+    meshca(
+        t.path(),
+        &["certs", "-C", "other", "c3-cacerts", "baz-certs"],
+    )
+    .ok();
+    t
+}
+
+fn text(d: &Path, f: &str) -> String {
+    fs::read_to_string(d.join(f)).unwrap()
+}
+
+fn marks(out: &str) -> Vec<bool> {
+    out.lines()
+        .filter(|l| l.starts_with('✔') || l.starts_with('✘'))
+        .map(|l| l.starts_with('✔'))
+        .collect()
+}
+
+#[test]
+fn verify_chain_checks_root_ca_and_path_each_on_its_own() {
+    let t = world();
+    let d = t.path();
+    // The good case: the workload's chain against its own bundle.
+    let out = meshca(
+        d,
+        &[
+            "verify",
+            "chain",
+            "--cacerts",
+            "foo",
+            "foo/workload-cert-chain.pem",
+        ],
+    )
+    .ok();
+    assert_eq!(marks(&out.stdout), [true, true, true], "{}", out.stdout);
+    assert!(out.stdout.contains("all 3 checks passed"));
+
+    // Only the root differs: the chain ends at another root.
+    let leaf_and_ca = text(d, "foo/workload-cert.pem") + &text(d, "foo/ca-cert.pem");
+    fs::write(
+        d.join("other-root.pem"),
+        leaf_and_ca.clone() + &text(d, "other/root-cert.pem"),
+    )
+    .unwrap();
+    let out = meshca(
+        d,
+        &["verify", "chain", "--cacerts", "foo", "other-root.pem"],
+    )
+    .failed();
+    assert_eq!(marks(&out.stdout), [false, true, true], "{}", out.stdout);
+
+    // Only the CA differs: the chain is foo's, the bundle is c1's (same root).
+    let out = meshca(
+        d,
+        &[
+            "verify",
+            "chain",
+            "--cacerts",
+            "c1",
+            "foo/workload-cert-chain.pem",
+        ],
+    )
+    .failed();
+    assert_eq!(marks(&out.stdout), [true, false, true], "{}", out.stdout);
+
+    // Only the path fails: c1's CA in the chain, but the leaf was signed by foo's.
+    let wrong =
+        text(d, "foo/workload-cert.pem") + &text(d, "c1/ca-cert.pem") + &text(d, "root-cert.pem");
+    fs::write(d.join("wrong-ca.pem"), wrong).unwrap();
+    let out = meshca(d, &["verify", "chain", "--cacerts", "c1", "wrong-ca.pem"]).failed();
+    assert_eq!(marks(&out.stdout), [true, true, false], "{}", out.stdout);
+    assert!(
+        out.stdout.contains("is not signed by") || out.stdout.contains("no chain"),
+        "{}",
+        out.stdout
+    );
+
+    // JSON for scripts.
+    let out = meshca(
+        d,
+        &[
+            "verify",
+            "chain",
+            "--cacerts",
+            "foo",
+            "foo/workload-cert-chain.pem",
+            "-o",
+            "json",
+        ],
+    )
+    .ok();
+    let v: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
+    assert_eq!(v["passed"], true);
+    assert_eq!(v["checks"].as_array().unwrap().len(), 3);
+
+    // Input that is not a chain is an error, not a failed check.
+    fs::write(d.join("junk.pem"), "nothing").unwrap();
+    let out = meshca(d, &["verify", "chain", "--cacerts", "foo", "junk.pem"]).failed();
+    assert_eq!(
+        out.stderr.trim(),
+        "meshca: error: junk.pem: no PEM section found (expected -----BEGIN ...-----)"
+    );
+}
+
+#[test]
+fn verify_roots_names_the_odd_one_out() {
+    let t = world();
+    let d = t.path();
+    let out = meshca(d, &["verify", "roots", "c1", "c2", "foo"]).ok();
+    assert!(
+        out.stdout.contains("✔ all 3 bundles share one root"),
+        "{}",
+        out.stdout
+    );
+    let out = meshca(d, &["verify", "roots", "c1", "c2", "other/c3"]).failed();
+    assert!(
+        out.stdout
+            .contains("✘ all 3 bundles share one root: other/c3 differ"),
+        "{}",
+        out.stdout
+    );
+    // An intermediate that does not chain to its own bundle's root.
+    fs::copy(d.join("other/root-cert.pem"), d.join("c2/root-cert.pem")).unwrap();
+    let out = meshca(d, &["verify", "roots", "c1", "c2"]).failed();
+    assert!(
+        out.stdout.contains("✘ c2: intermediate chains to its root"),
+        "{}",
+        out.stdout
+    );
+}
+
+fn dump(chain_pem: &str, root_pem: &str) -> String {
+    let b = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
+    serde_json::json!({
+        "dynamicActiveSecrets": [
+            {"name": "default", "secret": {"name": "default", "tlsCertificate": {
+                "certificateChain": {"inlineBytes": b(chain_pem)},
+                "privateKey": {"inlineBytes": b("[redacted]")}}}},
+            {"name": "ROOTCA", "secret": {"name": "ROOTCA", "validationContext": {
+                "trustedCa": {"inlineBytes": b(root_pem)}}}}
+        ]
+    })
+    .to_string()
+}
+
+#[test]
+fn verify_envoy_secrets_checks_each_proxy_and_the_shared_root() {
+    let t = world();
+    let d = t.path();
+    let chain =
+        |ns: &str| pem_blocks(&text(d, &format!("{ns}/workload-cert-chain.pem")))[..2].concat();
+    fs::write(
+        d.join("productpage.json"),
+        dump(&chain("foo"), &text(d, "root-cert.pem")),
+    )
+    .unwrap();
+    fs::write(
+        d.join("reviews.json"),
+        dump(&chain("bar"), &text(d, "root-cert.pem")),
+    )
+    .unwrap();
+    let out = meshca(
+        d,
+        &[
+            "verify",
+            "envoy-secrets",
+            "productpage.json",
+            "reviews.json",
+        ],
+    )
+    .ok();
+    assert_eq!(marks(&out.stdout), [true, true, true], "{}", out.stdout);
+    assert!(
+        out.stdout
+            .contains("spiffe://cluster.local/ns/foo/sa/default")
+    );
+
+    // A proxy from a cluster with another root: its own chain verifies, the shared root does not.
+    let other_chain = pem_blocks(&text(d, "other/baz/workload-cert-chain.pem"))[..2].concat();
+    fs::write(
+        d.join("stranger.json"),
+        dump(&other_chain, &text(d, "other/root-cert.pem")),
+    )
+    .unwrap();
+    let out = meshca(
+        d,
+        &[
+            "verify",
+            "envoy-secrets",
+            "productpage.json",
+            "stranger.json",
+        ],
+    )
+    .failed();
+    assert_eq!(marks(&out.stdout), [true, true, false], "{}", out.stdout);
+    assert!(
+        out.stdout.contains("stranger.json trust a different root"),
+        "{}",
+        out.stdout
+    );
+
+    // A proxy whose certificate does not verify against its own ROOTCA.
+    fs::write(
+        d.join("mixed.json"),
+        dump(&chain("foo"), &text(d, "other/root-cert.pem")),
+    )
+    .unwrap();
+    let out = meshca(d, &["verify", "envoy-secrets", "mixed.json"]).failed();
+    assert_eq!(marks(&out.stdout), [false, true], "{}", out.stdout);
+
+    fs::write(d.join("bad.json"), r#"{"dynamicActiveSecrets": []}"#).unwrap();
+    let out = meshca(d, &["verify", "envoy-secrets", "bad.json"]).failed();
+    assert_eq!(
+        out.stderr.trim(),
+        "meshca: error: bad.json: no secret named ROOTCA"
+    );
+}
