@@ -1,0 +1,294 @@
+//! Getting a certificate from the CA: key, CSR, `CreateCertificate`, the answer checked against
+//! the root before anything is written, and the files written atomically (key at 0600).
+
+use std::path::Path;
+
+use base64::Engine;
+use meshca_ca::proto::IstioCertificateRequest;
+use meshca_ca::proto::istio_certificate_service_client::IstioCertificateServiceClient;
+use meshca_pki::{
+    Certificate, KeyType, PkiError, PrivateKey, SpiffeId, TrustDomain, make_csr_pem, verify_path,
+};
+use meshca_store::{FileSpec, Transaction};
+use time::OffsetDateTime;
+use tonic::transport::{Channel, ClientTlsConfig, Identity};
+
+/// `cert-chain.pem`: the leaf and its intermediates.
+pub const CERT_CHAIN: &str = "cert-chain.pem";
+/// `key.pem`: the private key.
+pub const KEY: &str = "key.pem";
+/// `root-cert.pem`: the root bundle.
+pub const ROOT_CERT: &str = "root-cert.pem";
+
+/// Why a certificate was not obtained.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum AgentError {
+    /// The CA could not be reached.
+    #[error("CA {addr}: {reason}")]
+    Connect {
+        /// the CA address
+        addr: String,
+        /// why
+        reason: String,
+    },
+    /// The CA refused.
+    #[error("CA {addr} refused: {code:?}: {message}")]
+    Refused {
+        /// the CA address
+        addr: String,
+        /// the gRPC status code
+        code: tonic::Code,
+        /// its message
+        message: String,
+    },
+    /// The CA's answer did not check out.
+    #[error("CA {addr} answered with an unusable chain: {reason}")]
+    BadAnswer {
+        /// the CA address
+        addr: String,
+        /// what is wrong
+        reason: String,
+    },
+    /// A credential could not be used.
+    #[error("{0}")]
+    Credential(String),
+    /// PKI work failed.
+    #[error(transparent)]
+    Pki(#[from] PkiError),
+    /// Writing failed.
+    #[error(transparent)]
+    Store(#[from] meshca_store::StoreError),
+}
+
+/// How the agent proves who it is.
+#[derive(Clone)]
+pub enum Credential {
+    /// A service-account JWT, sent as `authorization: Bearer`.
+    Token(String),
+    /// The current certificate chain and key, presented as a TLS client certificate.
+    ClientCert {
+        /// PEM chain, leaf first
+        chain_pem: String,
+        /// PEM key
+        key_pem: String,
+    },
+}
+
+impl std::fmt::Debug for Credential {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Credential::Token(_) => f.write_str("Token(...)"),
+            Credential::ClientCert { .. } => f.write_str("ClientCert(...)"),
+        }
+    }
+}
+
+/// One certificate request.
+#[derive(Clone, Debug)]
+pub struct Request {
+    /// CA address, `host:port`.
+    pub ca_addr: String,
+    /// PEM roots to trust for the CA's serving certificate.
+    pub ca_root_pem: String,
+    /// The name on the CA's serving certificate.
+    pub server_name: String,
+    /// The identity to ask for.
+    pub identity: SpiffeId,
+    /// The key to make.
+    pub key_type: KeyType,
+    /// Requested lifetime in seconds (0 for the CA's default).
+    pub ttl_seconds: i64,
+    /// How to authenticate.
+    pub credential: Credential,
+    /// The `clusterid` metadata, if any.
+    pub cluster_id: Option<String>,
+}
+
+/// A certificate that checked out.
+#[derive(Debug)]
+pub struct Issued {
+    /// The new key.
+    pub key: PrivateKey,
+    /// Leaf first, then intermediates.
+    pub chain: Vec<Certificate>,
+    /// The root bundle as the CA sent it.
+    pub roots_pem: String,
+}
+
+impl Issued {
+    /// The leaf.
+    pub fn leaf(&self) -> &Certificate {
+        &self.chain[0]
+    }
+}
+
+/// The identity a Kubernetes service-account token names (read, not verified: the CA verifies it).
+pub fn identity_from_token(
+    token: &str,
+    trust_domain: &TrustDomain,
+) -> Result<SpiffeId, AgentError> {
+    let bad = |r: &str| AgentError::Credential(format!("token: {r}"));
+    let payload = token.split('.').nth(1).ok_or_else(|| bad("not a JWT"))?;
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(payload.trim_end_matches('='))
+        .map_err(|_| bad("payload is not base64url"))?;
+    let v: serde_json::Value =
+        serde_json::from_slice(&bytes).map_err(|_| bad("payload is not JSON"))?;
+    let (ns, sa) = match (
+        v.pointer("/kubernetes.io/namespace")
+            .and_then(|x| x.as_str()),
+        v.pointer("/kubernetes.io/serviceaccount/name")
+            .and_then(|x| x.as_str()),
+    ) {
+        (Some(ns), Some(sa)) => (ns.to_owned(), sa.to_owned()),
+        _ => {
+            let sub = v
+                .get("sub")
+                .and_then(|s| s.as_str())
+                .ok_or_else(|| bad("no service account claims"))?;
+            let rest = sub
+                .strip_prefix("system:serviceaccount:")
+                .ok_or_else(|| bad("subject is not a service account"))?;
+            let (ns, sa) = rest
+                .split_once(':')
+                .ok_or_else(|| bad("subject is not a service account"))?;
+            (ns.to_owned(), sa.to_owned())
+        }
+    };
+    Ok(SpiffeId::workload(trust_domain, &ns, &sa)?)
+}
+
+/// Asks the CA for a certificate and checks the answer: at least a leaf and a root, the leaf
+/// for our key and our identity, verifying to a root of the bundle sent.
+pub async fn obtain(req: &Request, now: OffsetDateTime) -> Result<Issued, AgentError> {
+    let connect_err = |reason: String| AgentError::Connect {
+        addr: req.ca_addr.clone(),
+        reason,
+    };
+    let mut tls = ClientTlsConfig::new()
+        .ca_certificate(tonic::transport::Certificate::from_pem(&req.ca_root_pem))
+        .domain_name(req.server_name.clone());
+    if let Credential::ClientCert { chain_pem, key_pem } = &req.credential {
+        tls = tls.identity(Identity::from_pem(chain_pem, key_pem));
+    }
+    let channel = Channel::from_shared(format!("https://{}", req.ca_addr))
+        .map_err(|e| connect_err(e.to_string()))?
+        .tls_config(tls)
+        .map_err(|e| connect_err(e.to_string()))?
+        .connect_timeout(std::time::Duration::from_secs(5))
+        .timeout(std::time::Duration::from_secs(15))
+        .connect()
+        .await
+        .map_err(|e| connect_err(format!("{e}{}", source_chain(&e))))?;
+    let key = PrivateKey::generate(req.key_type)?;
+    let csr = make_csr_pem(&key, &[req.identity.to_string()])?;
+    let mut grpc = tonic::Request::new(IstioCertificateRequest {
+        csr,
+        validity_duration: req.ttl_seconds,
+        metadata: None,
+    });
+    if let Credential::Token(t) = &req.credential {
+        let v = format!("Bearer {t}").parse().map_err(|_| {
+            AgentError::Credential("token holds characters a header cannot carry".to_owned())
+        })?;
+        grpc.metadata_mut().insert("authorization", v);
+    }
+    if let Some(c) = &req.cluster_id
+        && let Ok(v) = c.parse()
+    {
+        grpc.metadata_mut().insert("clusterid", v);
+    }
+    let answer = IstioCertificateServiceClient::new(channel)
+        .create_certificate(grpc)
+        .await
+        .map_err(|s| AgentError::Refused {
+            addr: req.ca_addr.clone(),
+            code: s.code(),
+            message: s.message().to_owned(),
+        })?
+        .into_inner()
+        .cert_chain;
+    check_answer(req, key, answer, now)
+}
+
+fn source_chain(e: &dyn std::error::Error) -> String {
+    let mut s = String::new();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}
+
+fn check_answer(
+    req: &Request,
+    key: PrivateKey,
+    answer: Vec<String>,
+    now: OffsetDateTime,
+) -> Result<Issued, AgentError> {
+    let bad = |reason: String| AgentError::BadAnswer {
+        addr: req.ca_addr.clone(),
+        reason,
+    };
+    if answer.len() < 2 {
+        return Err(bad(format!(
+            "{} element(s); a leaf and a root bundle are needed",
+            answer.len()
+        )));
+    }
+    let roots_pem = answer[answer.len() - 1].clone();
+    let roots = Certificate::all_from_pem(roots_pem.as_bytes(), "root bundle")
+        .map_err(|e| bad(e.to_string()))?;
+    let mut chain = Vec::new();
+    for (i, pem) in answer[..answer.len() - 1].iter().enumerate() {
+        chain.extend(
+            Certificate::all_from_pem(pem.as_bytes(), &format!("element {}", i + 1))
+                .map_err(|e| bad(e.to_string()))?,
+        );
+    }
+    let leaf = &chain[0];
+    if !leaf.matches_key(&key) {
+        return Err(bad("the leaf is not for the key this agent made".to_owned()));
+    }
+    let id = req.identity.to_string();
+    if !leaf.uris().contains(&id) {
+        return Err(bad(format!("the leaf is for {:?}, not {id}", leaf.uris())));
+    }
+    verify_path(leaf, &chain[1..], &roots, now).map_err(|e| bad(e.to_string()))?;
+    Ok(Issued {
+        key,
+        chain,
+        roots_pem,
+    })
+}
+
+/// Writes `cert-chain.pem`, `key.pem` (0600) and `root-cert.pem` into `dir`, all or none.
+pub fn write_files(dir: &Path, issued: &Issued) -> Result<(), AgentError> {
+    let chain: String = issued.chain.iter().map(Certificate::pem).collect();
+    let mut tx = Transaction::new();
+    tx.write(
+        dir,
+        vec![
+            FileSpec::public(CERT_CHAIN, chain),
+            FileSpec::private(KEY, issued.key.to_pkcs8_pem()),
+            FileSpec::public(ROOT_CERT, issued.roots_pem.clone()),
+        ],
+    );
+    tx.commit()?;
+    Ok(())
+}
+
+/// The certificate currently in `dir`, if any: its chain (leaf first) and key as PEM, and the
+/// leaf's validity window.
+pub fn current(dir: &Path) -> Option<(String, String, OffsetDateTime, OffsetDateTime)> {
+    let chain = std::fs::read_to_string(dir.join(CERT_CHAIN)).ok()?;
+    let key = std::fs::read_to_string(dir.join(KEY)).ok()?;
+    let leaf = Certificate::all_from_pem(chain.as_bytes(), CERT_CHAIN)
+        .ok()?
+        .into_iter()
+        .next()?;
+    Some((chain, key, leaf.not_before(), leaf.not_after()))
+}

@@ -1,0 +1,89 @@
+//! The agent's loop: obtain, write, wait for the renewal moment, renew (by mTLS with the current
+//! certificate when there is no token), and back off while the CA is unreachable, never deleting
+//! a certificate that is still valid.
+
+use std::path::PathBuf;
+use std::time::Duration as StdDuration;
+
+use meshca_pki::Certificate;
+use time::OffsetDateTime;
+
+use crate::client::{self, AgentError, Credential, Request};
+use crate::schedule::{Backoff, renew_at};
+
+/// What the loop needs besides the request.
+pub struct Agent {
+    /// The request template; its credential may be replaced by the current certificate.
+    pub request: Request,
+    /// Where the files go.
+    pub output_dir: PathBuf,
+    /// istio-agent's SECRET_GRACE_PERIOD_RATIO.
+    pub grace_ratio: f64,
+    /// Re-read the token file before each request (projected tokens rotate).
+    pub token_file: Option<PathBuf>,
+}
+
+impl Agent {
+    fn credential(&self) -> Result<Credential, AgentError> {
+        if let Some(f) = &self.token_file {
+            let t = std::fs::read_to_string(f).map_err(|e| {
+                AgentError::Credential(format!("{}: cannot read: {e}", f.display()))
+            })?;
+            return Ok(Credential::Token(t.trim().to_owned()));
+        }
+        if let Some((chain_pem, key_pem, _, _)) = client::current(&self.output_dir) {
+            return Ok(Credential::ClientCert { chain_pem, key_pem });
+        }
+        Ok(self.request.credential.clone())
+    }
+
+    /// Obtains and writes one certificate; returns the leaf.
+    pub async fn once(&self, now: OffsetDateTime) -> Result<Certificate, AgentError> {
+        let mut req = self.request.clone();
+        req.credential = self.credential()?;
+        let issued = client::obtain(&req, now).await?;
+        client::write_files(&self.output_dir, &issued)?;
+        Ok(issued.leaf().clone())
+    }
+
+    /// Runs until the task is dropped; `on_renewed` hears about every new certificate.
+    pub async fn run(&self, mut on_renewed: impl FnMut(&Certificate)) {
+        let mut backoff = Backoff::new();
+        loop {
+            let now = OffsetDateTime::now_utc();
+            let wait = match self.once(now).await {
+                Ok(leaf) => {
+                    backoff.succeeded();
+                    on_renewed(&leaf);
+                    let jitter = random_unit();
+                    let at = renew_at(
+                        leaf.not_before(),
+                        leaf.not_after(),
+                        self.grace_ratio,
+                        jitter,
+                    );
+                    tracing::info!(not_after = %leaf.not_after(), renew_at = %at, "certificate written");
+                    at - now
+                }
+                Err(e) => {
+                    let valid_until = client::current(&self.output_dir).map(|(_, _, _, na)| na);
+                    let d = backoff.failed(now, valid_until);
+                    tracing::warn!(error = %e, retry_in = %d, "certificate not renewed; the current one stays");
+                    d
+                }
+            };
+            let ms = u64::try_from(wait.whole_milliseconds())
+                .unwrap_or(0)
+                .max(100);
+            tokio::time::sleep(StdDuration::from_millis(ms)).await;
+        }
+    }
+}
+
+fn random_unit() -> f64 {
+    let mut b = [0u8; 2];
+    if aws_lc_rs::rand::fill(&mut b).is_err() {
+        return 0.5;
+    }
+    f64::from(u16::from_be_bytes(b)) / f64::from(u16::MAX)
+}
