@@ -153,7 +153,26 @@ pub fn chain_against_bundle(
                 short_fp(root)
             ),
         ),
-        None => r.push(root_name, false, "the chain does not include a root"),
+        None => {
+            // Istio's proxies send the root; other endpoints may stop at the intermediate. Then
+            // the root is the one the chain leads to.
+            let inter: Vec<Certificate> = chain[1..].to_vec();
+            match verify_path(leaf, &inter, &bundle.roots, now) {
+                Ok(path) => r.push(
+                    root_name,
+                    true,
+                    format!(
+                        "{} (not presented; the chain leads to it)",
+                        path.root().subject()
+                    ),
+                ),
+                Err(_) => r.push(
+                    root_name,
+                    false,
+                    "the chain does not include a root, nor leads to the bundle's",
+                ),
+            }
+        }
     }
     let ca_name = format!("CA certificate is identical to {}", bundle.ca.origin());
     match chain.get(1) {

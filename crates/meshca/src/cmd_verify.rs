@@ -18,6 +18,9 @@ pub enum Command {
     Chain(ChainArgs),
     /// Every cluster bundle chains to the same root; names the odd one out.
     Roots(RootsArgs),
+    /// Connects like `openssl s_client -showcerts` and checks the presented chain against a
+    /// cacerts folder.
+    Endpoint(EndpointArgs),
     /// `istioctl proxy-config secret <pod> -o json` dumps: each proxy's chain verifies against
     /// its ROOTCA, and all proxies share a root.
     EnvoySecrets(EnvoyArgs),
@@ -30,6 +33,21 @@ pub struct ChainArgs {
     cacerts: PathBuf,
     /// PEM file with the chain, leaf first (e.g. from `openssl s_client -showcerts`).
     chain: PathBuf,
+    /// Output format.
+    #[arg(short = 'o', long = "output", value_enum, default_value = "text")]
+    output: Output,
+}
+
+#[derive(clap::Args)]
+pub struct EndpointArgs {
+    /// HOST:PORT
+    addr: String,
+    /// The cacerts folder the endpoint's certificate should come from.
+    #[arg(long)]
+    cacerts: PathBuf,
+    /// A folder with cert-chain.pem and key.pem to present when the server asks for a client certificate.
+    #[arg(long)]
+    client_dir: Option<PathBuf>,
     /// Output format.
     #[arg(short = 'o', long = "output", value_enum, default_value = "text")]
     output: Output,
@@ -87,6 +105,21 @@ pub fn run(c: Command) -> anyhow::Result<ExitCode> {
             let chain = Certificate::all_from_pem(&read(&a.chain)?, &shown)?;
             (
                 meshca_verify::chain_against_bundle(&b, &chain, now),
+                a.output,
+            )
+        }
+        Command::Endpoint(a) => {
+            let b = bundle(&a.cacerts)?;
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            let res = rt.block_on(meshca_agent::mtls::call(
+                &a.addr,
+                a.client_dir.as_deref(),
+                None,
+            ))?;
+            (
+                meshca_verify::chain_against_bundle(&b, &res.server_chain, now),
                 a.output,
             )
         }

@@ -2,8 +2,10 @@
 
 #![forbid(unsafe_code)]
 
+mod cmd_agent;
 mod cmd_certs;
 mod cmd_inspect;
+mod cmd_quickstart;
 mod cmd_secret;
 mod cmd_serve;
 mod cmd_token;
@@ -34,6 +36,10 @@ enum Command {
     /// Mint service-account JWTs and print their JWKS.
     #[command(subcommand)]
     Token(cmd_token::Command),
+    /// The workload side: key, CSR, certificate files, renewal, an mTLS test endpoint.
+    Agent(Box<cmd_agent::Args>),
+    /// The whole story on one machine: root, two clusters, CAs, workloads, mTLS, verification.
+    Quickstart(cmd_quickstart::Args),
     /// Check that workloads carry certificates from the plugged-in CA and share one root.
     #[command(subcommand)]
     Verify(cmd_verify::Command),
@@ -48,6 +54,8 @@ fn main() -> ExitCode {
         Command::Serve(a) => cmd_serve::run(*a),
         Command::Token(c) => cmd_token::run(c),
         Command::Verify(c) => cmd_verify::run(c),
+        Command::Agent(a) => cmd_agent::run(*a),
+        Command::Quickstart(a) => cmd_quickstart::run(a),
     };
     match result {
         Ok(code) => code,
