@@ -9,6 +9,7 @@ mod cmd_quickstart;
 mod cmd_secret;
 mod cmd_serve;
 mod cmd_token;
+mod cmd_trust;
 mod cmd_verify;
 
 use std::process::ExitCode;
@@ -40,6 +41,9 @@ enum Command {
     Agent(Box<cmd_agent::Args>),
     /// The whole story on one machine: root, two clusters, CAs, workloads, mTLS, verification.
     Quickstart(cmd_quickstart::Args),
+    /// Managed, rotated intermediate CAs for every cluster from a RootTrustPolicy.
+    #[command(subcommand)]
+    Trust(cmd_trust::Command),
     /// Check that workloads carry certificates from the plugged-in CA and share one root.
     #[command(subcommand)]
     Verify(cmd_verify::Command),
@@ -54,6 +58,7 @@ fn main() -> ExitCode {
         Command::Serve(a) => cmd_serve::run(*a),
         Command::Token(c) => cmd_token::run(c),
         Command::Verify(c) => cmd_verify::run(c),
+        Command::Trust(c) => cmd_trust::run(c),
         Command::Agent(a) => cmd_agent::run(*a),
         Command::Quickstart(a) => cmd_quickstart::run(a),
     };

@@ -1,0 +1,17 @@
+//! `meshca trust`: managed intermediate CAs for every cluster from one root trust policy.
+//!
+//! [`policy`] reads a `RootTrustPolicy` (Gloo's `admin.gloo.solo.io/v2` document as is, or
+//! meshca's own); [`store`] keeps secrets in the Kubernetes secret-mount layout with atomic
+//! `..data` swaps; [`reconcile`] makes each cluster's `cacerts` exist, chain to the policy's CA, and
+//! stay fresh, proving every new intermediate before it is written.
+
+#![forbid(unsafe_code)]
+
+pub mod policy;
+pub mod reconcile;
+pub mod store;
+
+pub use reconcile::{ClusterStatus, Outcome, TrustError, reconcile, status};
+pub use store::FolderStore;
+
+pub use policy::{RootSource, TrustPolicy};

@@ -1,0 +1,402 @@
+//! The root trust policy. Gloo's `admin.gloo.solo.io/v2` `RootTrustPolicy` is accepted as it is
+//! written (fields meshca has no use for are reported, not ignored silently); meshca's own
+//! `apiVersion: trust.meshca/v1alpha1` adds the clusters and the key type. Unknown fields are
+//! errors, and every value is checked before anything is written.
+
+use meshca_pki::{KeyType, PkiError};
+use serde::Deserialize;
+use serde::de::IgnoredAny;
+
+/// Gloo's API version.
+pub const GLOO_API_VERSION: &str = "admin.gloo.solo.io/v2";
+/// meshca's API version.
+pub const MESHCA_API_VERSION: &str = "trust.meshca/v1alpha1";
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct Doc {
+    api_version: String,
+    kind: String,
+    #[serde(default)]
+    metadata: Metadata,
+    spec: Spec,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Metadata {
+    name: Option<String>,
+    namespace: Option<String>,
+    #[serde(rename = "labels")]
+    _labels: Option<IgnoredAny>,
+    #[serde(rename = "annotations")]
+    _annotations: Option<IgnoredAny>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct Spec {
+    config: Config,
+    apply_to_meshes: Option<IgnoredAny>,
+    /// meshca: cluster names (default: every cluster in the store but the management one)
+    clusters: Option<Vec<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct Config {
+    mgmt_server_ca: Option<MgmtServerCa>,
+    agent_ca: Option<IgnoredAny>,
+    intermediate_cert_options: Option<IntermediateCertOptions>,
+    auto_restart_pods: Option<bool>,
+    passive_certificate_authorities: Option<Vec<SecretRefDoc>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct MgmtServerCa {
+    generated: Option<Generated>,
+    secret_ref: Option<SecretRefDoc>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct Generated {
+    ttl_days: Option<i64>,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SecretRefDoc {
+    name: String,
+    namespace: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct IntermediateCertOptions {
+    ttl_days: Option<i64>,
+    rsa_key_size_bytes: Option<u32>,
+    org_name: Option<String>,
+    secret_rotation_grace_period_ratio: Option<f64>,
+    /// meshca: rsa, ecdsa-p256 or ecdsa-p384
+    key_type: Option<String>,
+    /// meshca: the longest workload certificate lifetime, in hours (default 24)
+    workload_cert_ttl_hours: Option<i64>,
+}
+
+/// A secret in the management cluster.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SecretRef {
+    /// its name
+    pub name: String,
+    /// its namespace
+    pub namespace: String,
+}
+
+/// Where the policy's CA comes from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RootSource {
+    /// A self-signed root made by meshca and kept in the management cluster.
+    Generated {
+        /// root lifetime in days
+        ttl_days: i64,
+    },
+    /// A root, or an intermediate with its chain, given in a secret.
+    SecretRef(SecretRef),
+}
+
+/// A checked policy.
+#[derive(Clone, Debug)]
+pub struct TrustPolicy {
+    /// The policy's name (names the generated root's secret).
+    pub name: String,
+    /// Its namespace in the management cluster.
+    pub namespace: String,
+    /// The CA that signs intermediates.
+    pub root: RootSource,
+    /// Intermediate lifetime in days.
+    pub ttl_days: i64,
+    /// Intermediate key type.
+    pub key_type: KeyType,
+    /// `O=` of intermediates.
+    pub org_name: String,
+    /// Renew when less than this share of the lifetime is left.
+    pub grace_ratio: f64,
+    /// Explicit clusters, if any.
+    pub clusters: Option<Vec<String>>,
+    /// Extra trusted roots (never used to sign), as secrets holding `ca-cert.pem` or `root-cert.pem`.
+    pub passive: Vec<SecretRef>,
+    /// Longest workload certificate lifetime, in hours.
+    pub workload_ttl_hours: i64,
+    /// Remarks for the user (fields that do not apply, risky but allowed values).
+    pub notes: Vec<String>,
+}
+
+/// Why a policy was refused.
+#[derive(Debug, thiserror::Error)]
+#[error("{origin}: {reason}")]
+pub struct PolicyError {
+    /// the policy file
+    pub origin: String,
+    /// what is wrong
+    pub reason: String,
+}
+
+impl TrustPolicy {
+    /// Parses and checks a policy document. `origin` names it in errors.
+    pub fn from_yaml(text: &str, origin: &str) -> Result<Self, PolicyError> {
+        let bad = |reason: String| PolicyError {
+            origin: origin.to_owned(),
+            reason,
+        };
+        let doc: Doc = serde_saphyr::from_str(text).map_err(|e| bad(first_line(&e.to_string())))?;
+        let meshca = match doc.api_version.as_str() {
+            GLOO_API_VERSION => false,
+            MESHCA_API_VERSION => true,
+            other => {
+                return Err(bad(format!(
+                    "apiVersion {other:?}: expected {GLOO_API_VERSION} or {MESHCA_API_VERSION}"
+                )));
+            }
+        };
+        if doc.kind != "RootTrustPolicy" {
+            return Err(bad(format!(
+                "kind {:?}: expected RootTrustPolicy",
+                doc.kind
+            )));
+        }
+        if !meshca && doc.spec.clusters.is_some() {
+            return Err(bad(format!(
+                "spec.clusters is a {MESHCA_API_VERSION} field, not {GLOO_API_VERSION}"
+            )));
+        }
+        let mut notes = Vec::new();
+        let cfg = doc.spec.config;
+        if cfg.auto_restart_pods.is_some() {
+            notes.push("config.autoRestartPods does not apply: istiod reloads cacerts itself and workloads renew on their own schedule".to_owned());
+        }
+        if cfg.agent_ca.is_some() {
+            return Err(bad("config.agentCa (an external intermediate source) is not supported; use mgmtServerCa".to_owned()));
+        }
+        if doc.spec.apply_to_meshes.is_some() {
+            notes.push(
+                "spec.applyToMeshes does not apply: clusters come from the store or spec.clusters"
+                    .to_owned(),
+            );
+        }
+        let root = match cfg.mgmt_server_ca {
+            None => RootSource::Generated { ttl_days: 3650 },
+            Some(MgmtServerCa {
+                generated: Some(_),
+                secret_ref: Some(_),
+            }) => {
+                return Err(bad(
+                    "config.mgmtServerCa: give generated or secretRef, not both".to_owned(),
+                ));
+            }
+            Some(MgmtServerCa {
+                secret_ref: Some(r),
+                ..
+            }) => RootSource::SecretRef(SecretRef {
+                name: r.name,
+                namespace: r.namespace.unwrap_or_else(|| "gloo-mesh".to_owned()),
+            }),
+            Some(MgmtServerCa { generated, .. }) => {
+                let ttl_days = generated.and_then(|g| g.ttl_days).unwrap_or(3650);
+                if ttl_days < 1 {
+                    return Err(bad(format!(
+                        "config.mgmtServerCa.generated.ttlDays must be at least 1, got {ttl_days}"
+                    )));
+                }
+                RootSource::Generated { ttl_days }
+            }
+        };
+        let o = cfg.intermediate_cert_options.unwrap_or_default();
+        if meshca_only(&o) && !meshca {
+            return Err(bad(format!(
+                "intermediateCertOptions.keyType and workloadCertTtlHours are {MESHCA_API_VERSION} fields"
+            )));
+        }
+        let ttl_days = o.ttl_days.unwrap_or(365);
+        if ttl_days < 1 {
+            return Err(bad(format!(
+                "intermediateCertOptions.ttlDays must be at least 1, got {ttl_days}"
+            )));
+        }
+        let grace_ratio = o.secret_rotation_grace_period_ratio.unwrap_or(0.1);
+        if !(grace_ratio > 0.0 && grace_ratio < 1.0) {
+            return Err(bad(format!(
+                "intermediateCertOptions.secretRotationGracePeriodRatio must be between 0 and 1 (exclusive), got {grace_ratio}"
+            )));
+        }
+        let bits = o.rsa_key_size_bytes.unwrap_or(4096);
+        let key_type = KeyType::from_spec(
+            "intermediateCertOptions.keyType/rsaKeySizeBytes",
+            o.key_type.as_deref().unwrap_or("rsa"),
+            bits,
+        )
+        .map_err(|e: PkiError| bad(e.to_string()))?;
+        let workload_ttl_hours = o.workload_cert_ttl_hours.unwrap_or(24);
+        if workload_ttl_hours < 1 {
+            return Err(bad(format!(
+                "intermediateCertOptions.workloadCertTtlHours must be at least 1, got {workload_ttl_hours}"
+            )));
+        }
+        let ttl_hours = ttl_days * 24;
+        if ttl_hours < workload_ttl_hours {
+            return Err(bad(format!(
+                "intermediates of {ttl_days} day(s) are shorter than one workload certificate lifetime ({workload_ttl_hours} h): workloads would be cut short at every rotation"
+            )));
+        }
+        if ttl_hours < 6 * workload_ttl_hours {
+            notes.push(format!(
+                "intermediates of {ttl_days} day(s) last less than 6 workload certificate lifetimes ({workload_ttl_hours} h); workloads will renew early near each rotation"
+            ));
+        }
+        let passive = cfg
+            .passive_certificate_authorities
+            .unwrap_or_default()
+            .into_iter()
+            .map(|r| SecretRef {
+                name: r.name,
+                namespace: r.namespace.unwrap_or_else(|| "gloo-mesh".to_owned()),
+            })
+            .collect();
+        Ok(TrustPolicy {
+            name: doc
+                .metadata
+                .name
+                .unwrap_or_else(|| "root-trust-policy".to_owned()),
+            namespace: doc
+                .metadata
+                .namespace
+                .unwrap_or_else(|| "gloo-mesh".to_owned()),
+            root,
+            ttl_days,
+            key_type,
+            org_name: o.org_name.unwrap_or_else(|| "Istio".to_owned()),
+            grace_ratio,
+            clusters: doc.spec.clusters,
+            passive,
+            workload_ttl_hours,
+            notes,
+        })
+    }
+}
+
+fn meshca_only(o: &IntermediateCertOptions) -> bool {
+    o.key_type.is_some() || o.workload_cert_ttl_hours.is_some()
+}
+
+fn first_line(s: &str) -> String {
+    s.lines().next().unwrap_or_default().to_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SEED_001: &str = "apiVersion: admin.gloo.solo.io/v2
+kind: RootTrustPolicy
+metadata:
+  name: root-trust-policy
+  namespace: gloo-mesh
+spec:
+  config:
+    intermediateCertOptions:
+      secretRotationGracePeriodRatio: 0.1
+      ttlDays: 1
+    mgmtServerCa:
+      secretRef:
+        name: my-root-trust-policy.gloo-mesh
+        namespace: gloo-mesh
+";
+
+    #[test]
+    fn the_seed_policy_is_accepted_as_written() {
+        let p = TrustPolicy::from_yaml(SEED_001, "policy.yaml").unwrap();
+        assert_eq!(
+            p.root,
+            RootSource::SecretRef(SecretRef {
+                name: "my-root-trust-policy.gloo-mesh".into(),
+                namespace: "gloo-mesh".into()
+            })
+        );
+        assert_eq!(p.ttl_days, 1);
+        assert!((p.grace_ratio - 0.1).abs() < 1e-9);
+        assert_eq!(p.key_type, KeyType::Rsa4096);
+        assert!(
+            p.notes.iter().any(|n| n.contains("less than 6 workload")),
+            "{:?}",
+            p.notes
+        );
+    }
+
+    #[test]
+    fn broken_policies_are_refused_with_the_field_named() {
+        let cases = [
+            (
+                SEED_001.replace("0.1", "1.5"),
+                "secretRotationGracePeriodRatio must be between 0 and 1",
+            ),
+            (
+                SEED_001.replace("0.1", "0"),
+                "secretRotationGracePeriodRatio",
+            ),
+            (
+                SEED_001.replace("ttlDays: 1", "ttlDays: 0"),
+                "ttlDays must be at least 1",
+            ),
+            (
+                SEED_001.replace("ttlDays: 1", "ttlDays: 1\n      ttlDayz: 2"),
+                "ttlDayz",
+            ),
+            (
+                SEED_001.replace("kind: RootTrustPolicy", "kind: Other"),
+                "kind \"Other\"",
+            ),
+            (
+                SEED_001.replace("admin.gloo.solo.io/v2", "v9"),
+                "apiVersion \"v9\"",
+            ),
+            (
+                SEED_001.replace("ttlDays: 1", "ttlDays: 1\n      rsaKeySizeBytes: 1024"),
+                "1024",
+            ),
+            (
+                SEED_001.replace("ttlDays: 1", "ttlDays: 1\n      keyType: ecdsa-p256"),
+                "trust.meshca/v1alpha1 fields",
+            ),
+            ("not: [valid".to_owned(), "policy.yaml"),
+        ];
+        for (doc, needle) in cases {
+            let err = TrustPolicy::from_yaml(&doc, "policy.yaml")
+                .unwrap_err()
+                .to_string();
+            assert!(err.starts_with("policy.yaml: "), "{err}");
+            assert!(err.contains(needle), "{err:?} lacks {needle:?}");
+            assert_eq!(err.lines().count(), 1, "{err}");
+        }
+        let short = SEED_001
+            .replace("admin.gloo.solo.io/v2", MESHCA_API_VERSION)
+            .replace("ttlDays: 1", "ttlDays: 1\n      workloadCertTtlHours: 48");
+        let err = TrustPolicy::from_yaml(&short, "p").unwrap_err().to_string();
+        assert!(
+            err.contains("shorter than one workload certificate lifetime"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn meshcas_own_version_adds_clusters_and_key_types() {
+        let doc = format!(
+            "apiVersion: {MESHCA_API_VERSION}\nkind: RootTrustPolicy\nspec:\n  clusters: [c1, c2]\n  config:\n    mgmtServerCa:\n      generated: {{}}\n    intermediateCertOptions:\n      keyType: ecdsa-p256\n      ttlDays: 30\n    autoRestartPods: true\n"
+        );
+        let p = TrustPolicy::from_yaml(&doc, "p").unwrap();
+        assert_eq!(p.clusters, Some(vec!["c1".to_owned(), "c2".to_owned()]));
+        assert_eq!(p.key_type, KeyType::EcdsaP256);
+        assert_eq!(p.root, RootSource::Generated { ttl_days: 3650 });
+        assert!(p.notes.iter().any(|n| n.contains("autoRestartPods")));
+    }
+}
