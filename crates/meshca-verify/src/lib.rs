@@ -6,6 +6,8 @@
 
 #![forbid(unsafe_code)]
 
+pub mod check;
+
 use std::collections::BTreeMap;
 
 use base64::Engine;

@@ -4,6 +4,7 @@
 
 mod cmd_agent;
 mod cmd_certs;
+mod cmd_check;
 mod cmd_inspect;
 mod cmd_quickstart;
 mod cmd_secret;
@@ -41,6 +42,8 @@ enum Command {
     Agent(Box<cmd_agent::Args>),
     /// The whole story on one machine: root, two clusters, CAs, workloads, mTLS, verification.
     Quickstart(cmd_quickstart::Args),
+    /// Health checks of cacerts bundles, like `linkerd check`.
+    Check(cmd_check::Args),
     /// Managed, rotated intermediate CAs for every cluster from a RootTrustPolicy.
     #[command(subcommand)]
     Trust(cmd_trust::Command),
@@ -59,6 +62,7 @@ fn main() -> ExitCode {
         Command::Token(c) => cmd_token::run(c),
         Command::Verify(c) => cmd_verify::run(c),
         Command::Trust(c) => cmd_trust::run(c),
+        Command::Check(a) => cmd_check::run(a),
         Command::Agent(a) => cmd_agent::run(*a),
         Command::Quickstart(a) => cmd_quickstart::run(a),
     };
