@@ -18,11 +18,7 @@ use meshca_testkit::run_in;
 use meshca_token::{Jwks, ServiceAccountClaims, SigningKey};
 
 fn make(dir: &Path, names: &[&str]) {
-    let settings = meshca_certs::Settings {
-        rootca_key_type: "ecdsa-p256".into(),
-        intermediate_key_type: "ecdsa-p256".into(),
-        ..Default::default()
-    };
+    let settings = meshca_certs::Settings::ecdsa_p256();
     let targets: Vec<_> = names
         .iter()
         .map(|n| meshca_certs::Target::Cacerts((*n).to_owned()))

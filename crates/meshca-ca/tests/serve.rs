@@ -118,11 +118,7 @@ fn csr_for(id: &str) -> (PrivateKey, String) {
 
 /// A root and one ECDSA intermediate per name, as `meshca certs root-ca <name>-cacerts...` makes them.
 fn make_clusters(dir: &Path, names: &[&str]) {
-    let settings = meshca_certs::Settings {
-        rootca_key_type: "ecdsa-p256".into(),
-        intermediate_key_type: "ecdsa-p256".into(),
-        ..Default::default()
-    };
+    let settings = meshca_certs::Settings::ecdsa_p256();
     let targets: Vec<_> = names
         .iter()
         .map(|n| meshca_certs::Target::Cacerts((*n).to_owned()))

@@ -41,11 +41,7 @@ pub async fn run(dir: &Path, out: &mut impl Write) -> anyhow::Result<Summary> {
         out,
         "== 1. A root CA and one intermediate per cluster (meshca certs, ECDSA P-256)"
     )?;
-    let settings = meshca_certs::Settings {
-        rootca_key_type: "ecdsa-p256".into(),
-        intermediate_key_type: "ecdsa-p256".into(),
-        ..Default::default()
-    };
+    let settings = meshca_certs::Settings::ecdsa_p256();
     let targets = [
         meshca_certs::Target::RootCa,
         meshca_certs::Target::Cacerts("cluster1".into()),

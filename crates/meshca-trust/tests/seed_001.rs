@@ -249,11 +249,7 @@ fn an_intermediate_secret_ref_passes_its_chain_on() {
     let t = tempfile::tempdir().unwrap();
     let work = t.path().join("work");
     std::fs::create_dir_all(&work).unwrap();
-    let settings = meshca_certs::Settings {
-        rootca_key_type: "ecdsa-p256".into(),
-        intermediate_key_type: "ecdsa-p256".into(),
-        ..Default::default()
-    };
+    let settings = meshca_certs::Settings::ecdsa_p256();
     // The operator's PKI: a root, and an intermediate for the management server.
     meshca_certs::run(
         &work,
