@@ -134,6 +134,35 @@ fn make_clusters(dir: &Path, names: &[&str]) {
     .unwrap();
 }
 
+/// Istio's sample cacerts (set two when `alt`) in a fresh folder, with a JWT issuer.
+struct Samples {
+    t: tempfile::TempDir,
+    cacerts: PathBuf,
+    jwt: Jwt,
+    root: String,
+}
+
+fn samples(alt: bool) -> Samples {
+    let t = tempfile::tempdir().unwrap();
+    let cacerts = t.path().join("cacerts");
+    copy_samples(&cacerts, alt);
+    let jwt = Jwt::new(t.path());
+    let root = std::fs::read_to_string(cacerts.join("root-cert.pem")).unwrap();
+    Samples {
+        t,
+        cacerts,
+        jwt,
+        root,
+    }
+}
+
+/// Starts a server on `cacerts` with the test configuration, adjusted by `edit`.
+async fn start_on(cacerts: &Path, jwt: &Jwt, edit: impl FnOnce(&mut ServeConfig)) -> Running {
+    let mut cfg = config(CaSource::Folder(cacerts.to_owned()), jwt);
+    edit(&mut cfg);
+    meshca_ca::start(cfg, Arc::new(SystemClock)).await.unwrap()
+}
+
 fn copy_samples(dir: &Path, alt: bool) {
     std::fs::create_dir_all(dir).unwrap();
     let s = fixtures().join("istio-samples");
@@ -171,17 +200,13 @@ fn metric(text: &str, name: &str) -> f64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn seed_002_flow_with_istios_sample_cacerts() {
-    let t = tempfile::tempdir().unwrap();
-    let cacerts = t.path().join("cacerts");
-    copy_samples(&cacerts, false);
-    let jwt = Jwt::new(t.path());
-    let server = meshca_ca::start(
-        config(CaSource::Folder(cacerts.clone()), &jwt),
-        Arc::new(SystemClock),
-    )
-    .await
-    .unwrap();
-    let root = std::fs::read_to_string(cacerts.join("root-cert.pem")).unwrap();
+    let Samples {
+        t,
+        cacerts,
+        jwt,
+        root,
+    } = samples(false);
+    let server = start_on(&cacerts, &jwt, |_| {}).await;
     let mut c = client(&server, &root, None).await;
     let id = "spiffe://cluster.local/ns/foo/sa/httpbin";
     let (_key, csr) = csr_for(id);
@@ -284,17 +309,13 @@ async fn seed_002_flow_with_istios_sample_cacerts() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_refusal_has_its_status_code_and_signs_nothing() {
-    let t = tempfile::tempdir().unwrap();
-    let cacerts = t.path().join("cacerts");
-    copy_samples(&cacerts, true);
-    let jwt = Jwt::new(t.path());
-    let server = meshca_ca::start(
-        config(CaSource::Folder(cacerts.clone()), &jwt),
-        Arc::new(SystemClock),
-    )
-    .await
-    .unwrap();
-    let root = std::fs::read_to_string(cacerts.join("root-cert.pem")).unwrap();
+    let Samples {
+        t,
+        cacerts,
+        jwt,
+        root,
+    } = samples(true);
+    let server = start_on(&cacerts, &jwt, |_| {}).await;
     let mut c = client(&server, &root, None).await;
     let id = "spiffe://cluster.local/ns/foo/sa/sleep";
     let token = jwt.token("foo", "sleep", "istio-ca");
@@ -397,17 +418,13 @@ async fn every_refusal_has_its_status_code_and_signs_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_certificate_from_the_ca_authenticates_without_a_token() {
-    let t = tempfile::tempdir().unwrap();
-    let cacerts = t.path().join("cacerts");
-    copy_samples(&cacerts, true);
-    let jwt = Jwt::new(t.path());
-    let server = meshca_ca::start(
-        config(CaSource::Folder(cacerts.clone()), &jwt),
-        Arc::new(SystemClock),
-    )
-    .await
-    .unwrap();
-    let root = std::fs::read_to_string(cacerts.join("root-cert.pem")).unwrap();
+    let Samples {
+        t: _dir,
+        cacerts,
+        jwt,
+        root,
+    } = samples(true);
+    let server = start_on(&cacerts, &jwt, |_| {}).await;
     let id = "spiffe://cluster.local/ns/foo/sa/httpbin";
     let (key, csr) = csr_for(id);
     let mut c = client(&server, &root, None).await;
@@ -717,20 +734,23 @@ async fn fake_api_server() -> (String, tokio::task::JoinHandle<String>) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tokens_no_jwt_issuer_accepts_go_to_kubernetes_token_review() {
-    let t = tempfile::tempdir().unwrap();
-    let cacerts = t.path().join("cacerts");
-    copy_samples(&cacerts, true);
-    let jwt = Jwt::new(t.path());
+    let Samples {
+        t,
+        cacerts,
+        jwt,
+        root,
+    } = samples(true);
     let (api, seen) = fake_api_server().await;
-    std::fs::write(t.path().join("reviewer-token"), "reviewer-secret\n").unwrap();
-    let mut cfg = config(CaSource::Folder(cacerts.clone()), &jwt);
-    cfg.token_review = Some(meshca_ca::TokenReviewConfig {
-        api_server: api,
-        ca_file: None,
-        token_file: t.path().join("reviewer-token"),
-    });
-    let server = meshca_ca::start(cfg, Arc::new(SystemClock)).await.unwrap();
-    let root = std::fs::read_to_string(cacerts.join("root-cert.pem")).unwrap();
+    let token_file = t.path().join("reviewer-token");
+    std::fs::write(&token_file, "reviewer-secret\n").unwrap();
+    let server = start_on(&cacerts, &jwt, |cfg| {
+        cfg.token_review = Some(meshca_ca::TokenReviewConfig {
+            api_server: api,
+            ca_file: None,
+            token_file,
+        });
+    })
+    .await;
     let mut c = client(&server, &root, None).await;
     let (_k, csr) = csr_for("spiffe://cluster.local/ns/foo/sa/bar");
     let chain = c

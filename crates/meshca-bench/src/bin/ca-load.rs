@@ -315,25 +315,7 @@ async fn drive_meshca(
         conns.push(IstioCertificateServiceClient::new(ch));
     }
     let work = Arc::new((csrs.to_vec(), tokens));
-    // Warm up, then measure.
-    let _ = load(
-        conns.clone(),
-        work.clone(),
-        Duration::from_millis(500),
-        grpc_call,
-    )
-    .await;
-    let cpu0 = proc_cpu(pid);
-    let (certs, errors, elapsed, latencies) = load(conns, work, dur, grpc_call).await;
-    let server_cpu = proc_cpu(pid).saturating_sub(cpu0);
-    Outcome {
-        certs,
-        errors,
-        elapsed,
-        latencies,
-        server_cpu,
-        rss_peak_kb: proc_hwm_kb(pid),
-    }
+    warm_then_measure(pid, conns, work, dur, grpc_call).await
 }
 
 type Work = Arc<(Vec<(String, String)>, Vec<String>)>;
@@ -394,6 +376,39 @@ where
         lat.extend(l);
     }
     (ok, err, start.elapsed(), lat)
+}
+
+/// Half a second of warm-up, then `dur` of measured load, with the server's CPU time read from
+/// /proc around the measured part.
+async fn warm_then_measure<C, F>(
+    pid: u32,
+    conns: Vec<C>,
+    work: Work,
+    dur: Duration,
+    call: F,
+) -> Outcome
+where
+    C: Clone + Send + 'static,
+    F: for<'a> AsyncCall<'a, C> + Copy + Send + Sync + 'static,
+{
+    let _ = load(
+        conns.clone(),
+        work.clone(),
+        Duration::from_millis(500),
+        call,
+    )
+    .await;
+    let cpu0 = proc_cpu(pid);
+    let (certs, errors, elapsed, latencies) = load(conns, work, dur, call).await;
+    let server_cpu = proc_cpu(pid).saturating_sub(cpu0);
+    Outcome {
+        certs,
+        errors,
+        elapsed,
+        latencies,
+        server_cpu,
+        rss_peak_kb: proc_hwm_kb(pid),
+    }
 }
 
 /// An async call on a client, nameable in a trait bound.
@@ -471,24 +486,7 @@ async fn drive_cfssl(
             stream: None,
         });
     }
-    let _ = load(
-        conns.clone(),
-        work.clone(),
-        Duration::from_millis(500),
-        cfssl_call,
-    )
-    .await;
-    let cpu0 = proc_cpu(pid);
-    let (certs, errors, elapsed, latencies) = load(conns, work, dur, cfssl_call).await;
-    let server_cpu = proc_cpu(pid).saturating_sub(cpu0);
-    Outcome {
-        certs,
-        errors,
-        elapsed,
-        latencies,
-        server_cpu,
-        rss_peak_kb: proc_hwm_kb(pid),
-    }
+    warm_then_measure(pid, conns, work, dur, cfssl_call).await
 }
 
 /// A keep-alive HTTP/1.1 connection to cfssl, reopened when the server closes it.
