@@ -128,9 +128,10 @@ impl LoadedCa {
             ips: Vec::new(),
             key_usage_critical: true,
         };
-        let leaf = signer.issue_workload(&profile, request.public_key(), "issued certificate")?;
+        let leaf =
+            signer.issue_workload_der(&profile, request.public_key(), "issued certificate")?;
         let mut chain = Vec::with_capacity(self.tail.len() + 1);
-        chain.push(leaf.pem());
+        chain.push(meshca_pki::pem::encode("CERTIFICATE", &leaf));
         chain.extend(self.tail.iter().cloned());
         Ok(chain)
     }

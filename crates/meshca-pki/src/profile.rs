@@ -279,9 +279,21 @@ impl CaSigner {
         subject_key: &impl PublicKeyData,
         origin: &str,
     ) -> Result<Certificate, PkiError> {
+        let der = self.issue_workload_der(profile, subject_key, origin)?;
+        Certificate::from_der(der, origin)
+    }
+
+    /// Signs an end-entity certificate and returns its DER without parsing it back: the CA's
+    /// request path, where the certificate only goes out as PEM.
+    pub fn issue_workload_der(
+        &self,
+        profile: &WorkloadProfile,
+        subject_key: &impl PublicKeyData,
+        origin: &str,
+    ) -> Result<Vec<u8>, PkiError> {
         let mut params = profile.params(subject_key.der_bytes())?;
         params.use_authority_key_identifier_extension = true;
-        self.sign(params, subject_key, origin)
+        self.sign_der(params, subject_key, origin)
     }
 
     fn sign(
@@ -290,13 +302,22 @@ impl CaSigner {
         subject_key: &impl PublicKeyData,
         origin: &str,
     ) -> Result<Certificate, PkiError> {
+        Certificate::from_der(self.sign_der(params, subject_key, origin)?, origin)
+    }
+
+    fn sign_der(
+        &self,
+        params: CertificateParams,
+        subject_key: &impl PublicKeyData,
+        origin: &str,
+    ) -> Result<Vec<u8>, PkiError> {
         let cert = params
             .signed_by(subject_key, &self.issuer)
             .map_err(|e| PkiError::Crypto {
                 what: format!("signing {origin}"),
                 reason: e.to_string(),
             })?;
-        Certificate::from_der(cert.der().to_vec(), origin)
+        Ok(cert.der().to_vec())
     }
 }
 
