@@ -1,14 +1,20 @@
 //! Who is asking: istiod's authenticators, tried in its order. First the TLS client certificate
 //! (already verified against the CA's roots during the handshake; its SPIFFE URI SAN is the
-//! identity), then a bearer JWT checked locally against the configured issuers' JWKS.
-//! Kubernetes TokenReview is not built yet: a server without JWT issuers accepts only mTLS.
+//! identity), then a bearer JWT checked locally against the configured issuers' JWKS, then the
+//! same bearer token sent for a Kubernetes TokenReview to the API server of the cluster the
+//! request comes from ([`crate::cluster`]). The JWT keys can be replaced while serving, when
+//! an issuer rotates them.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
 
+use arc_swap::ArcSwapOption;
 use meshca_pki::{Certificate, SpiffeId, TrustDomain};
 use meshca_token::Verifier;
 use time::OffsetDateTime;
+
+use crate::cluster::{Clusters, RequestCluster};
+use crate::tokenreview::TokenReviewError;
 
 /// Why a caller was not authenticated. The gRPC edge answers `UNAUTHENTICATED`.
 #[derive(Debug, thiserror::Error)]
@@ -23,6 +29,24 @@ pub enum AuthError {
     /// The bearer token was refused.
     #[error("bearer token: {0}")]
     BadToken(String),
+    /// Local JWT verification refused the bearer token, and so did the API server of the
+    /// request's cluster.
+    #[error("bearer token: {jwt}; {review}")]
+    TokenRefused {
+        /// why JWT verification refused it
+        jwt: String,
+        /// why the TokenReview refused it
+        review: TokenReviewError,
+    },
+    /// Local JWT verification refused the bearer token, and the request's cluster has no API
+    /// server to review it.
+    #[error("bearer token: {jwt}; no TokenReview is configured for {cluster}")]
+    NoTokenReview {
+        /// why JWT verification refused it
+        jwt: String,
+        /// the request's cluster, as `cluster "<id>"`
+        cluster: String,
+    },
     /// The identity belongs to another trust domain.
     #[error("identity {id} is not in trust domain {trust_domain}")]
     ForeignTrustDomain {
@@ -31,13 +55,13 @@ pub enum AuthError {
         /// this server's trust domain
         trust_domain: String,
     },
-    /// The request names another cluster.
-    #[error("request is for cluster {asked:?}, this CA serves {ours:?}")]
+    /// The request names a cluster this server does not answer for.
+    #[error("request is for cluster {asked:?}, this CA serves {served:?}")]
     WrongCluster {
         /// the cluster the request names
         asked: String,
-        /// this server's cluster
-        ours: String,
+        /// the clusters this server answers for, its own first
+        served: Vec<String>,
     },
 }
 
@@ -49,9 +73,24 @@ const TOKEN_CACHE_SIZE: usize = 16_384;
 /// The authentication settings of a server.
 pub struct Authenticator {
     trust_domain: TrustDomain,
-    jwt: Option<Verifier>,
-    cluster_id: Option<String>,
+    jwt: ArcSwapOption<JwtKeys>,
+    clusters: Clusters,
+}
+
+/// The JWT verifier in use and the tokens it verified. They are replaced together, so that a
+/// token verified with a key since withdrawn is not believed from memory.
+struct JwtKeys {
+    verifier: Verifier,
     verified: Mutex<HashMap<[u8; 32], (SpiffeId, OffsetDateTime)>>,
+}
+
+impl JwtKeys {
+    fn new(verifier: Verifier) -> Self {
+        JwtKeys {
+            verifier,
+            verified: Mutex::new(HashMap::new()),
+        }
+    }
 }
 
 /// What a request carries that authentication looks at.
@@ -65,17 +104,13 @@ pub struct Credentials<'a> {
 }
 
 impl Authenticator {
-    /// A server in `trust_domain`, accepting JWTs when `jwt` is given, for cluster `cluster_id`.
-    pub fn new(
-        trust_domain: TrustDomain,
-        jwt: Option<Verifier>,
-        cluster_id: Option<String>,
-    ) -> Self {
+    /// A server in `trust_domain`, accepting JWTs when `jwt` is given, answering for `clusters`
+    /// and sending tokens to their API servers for review.
+    pub fn new(trust_domain: TrustDomain, jwt: Option<Verifier>, clusters: Clusters) -> Self {
         Authenticator {
             trust_domain,
-            jwt,
-            cluster_id,
-            verified: Mutex::new(HashMap::new()),
+            jwt: ArcSwapOption::from_pointee(jwt.map(JwtKeys::new)),
+            clusters,
         }
     }
 
@@ -84,21 +119,20 @@ impl Authenticator {
         &self.trust_domain
     }
 
+    /// Verifies JWTs with `verifier` from the next request on (new keys of the issuers).
+    /// Tokens remembered as verified with the keys before are forgotten.
+    pub fn replace_verifier(&self, verifier: Verifier) {
+        self.jwt
+            .store(Some(std::sync::Arc::new(JwtKeys::new(verifier))));
+    }
+
     /// Finds the caller's identity.
-    pub fn authenticate(
+    pub async fn authenticate(
         &self,
         creds: &Credentials<'_>,
         now: OffsetDateTime,
     ) -> Result<SpiffeId, AuthError> {
-        if let (Some(ours), Some(asked)) = (&self.cluster_id, creds.cluster_id)
-            && !asked.is_empty()
-            && asked != ours
-        {
-            return Err(AuthError::WrongCluster {
-                asked: asked.to_owned(),
-                ours: ours.clone(),
-            });
-        }
+        let cluster = self.clusters.resolve(creds.cluster_id)?;
         let id = if let Some(leaf) = creds.peer_certs.and_then(|c| c.first()) {
             from_client_cert(leaf)?
         } else if let Some(auth) = creds.authorization {
@@ -107,8 +141,12 @@ impl Authenticator {
                 .or_else(|| auth.strip_prefix("bearer "))
                 .ok_or_else(|| {
                     AuthError::BadToken("authorization is not \"Bearer <token>\"".to_owned())
-                })?;
-            self.identity_from_token(token.trim(), now)?
+                })?
+                .trim();
+            match self.identity_from_jwt(token, now) {
+                Ok(id) => id,
+                Err(jwt) => self.identity_from_review(token, cluster, jwt).await?,
+            }
         } else {
             return Err(AuthError::NoCredential);
         };
@@ -123,33 +161,59 @@ impl Authenticator {
 }
 
 impl Authenticator {
-    fn identity_from_token(&self, token: &str, now: OffsetDateTime) -> Result<SpiffeId, AuthError> {
-        let verifier = self.jwt.as_ref().ok_or_else(|| {
-            AuthError::BadToken("this server has no JWT issuer configured".to_owned())
-        })?;
+    /// The second authenticator; the error is the reason, for the message of the third.
+    fn identity_from_jwt(&self, token: &str, now: OffsetDateTime) -> Result<SpiffeId, String> {
+        let keys = self.jwt.load();
+        let keys = keys
+            .as_ref()
+            .ok_or_else(|| "this server has no JWT issuer configured".to_owned())?;
         let mut digest = [0u8; 32];
         digest.copy_from_slice(
             aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, token.as_bytes()).as_ref(),
         );
-        if let Ok(cache) = self.verified.lock()
+        if let Ok(cache) = keys.verified.lock()
             && let Some((id, exp)) = cache.get(&digest)
             && now < *exp
         {
             return Ok(id.clone());
         }
-        let verified = verifier
+        let verified = keys
+            .verifier
             .verify(token, now)
-            .map_err(|e| AuthError::BadToken(e.to_string()))?;
+            .map_err(|e| e.to_string())?;
         let id = verified
             .spiffe_id(&self.trust_domain)
-            .map_err(|e| AuthError::BadToken(e.to_string()))?;
-        if let Ok(mut cache) = self.verified.lock() {
+            .map_err(|e| e.to_string())?;
+        if let Ok(mut cache) = keys.verified.lock() {
             if cache.len() >= TOKEN_CACHE_SIZE {
                 cache.clear();
             }
             cache.insert(digest, (id.clone(), verified.expires_at()));
         }
         Ok(id)
+    }
+
+    /// The third authenticator: the API server of the request's cluster reviews the token; the
+    /// identity is its service account in this server's trust domain.
+    async fn identity_from_review(
+        &self,
+        token: &str,
+        cluster: RequestCluster<'_>,
+        jwt: String,
+    ) -> Result<SpiffeId, AuthError> {
+        let Some(reviewer) = cluster.reviewer() else {
+            return Err(AuthError::NoTokenReview {
+                jwt,
+                cluster: cluster.to_string(),
+            });
+        };
+        let who = reviewer
+            .review(token)
+            .await
+            .map_err(|review| AuthError::TokenRefused { jwt, review })?;
+        who.spiffe_id(&self.trust_domain).map_err(|e| {
+            AuthError::BadToken(format!("token review at {}: {e}", reviewer.api_server()))
+        })
     }
 }
 
@@ -171,14 +235,22 @@ mod tests {
     use meshca_pki::{KeyType, PrivateKey};
     use meshca_token::{Jwks, ServiceAccountClaims, SigningKey};
 
-    fn setup() -> (Authenticator, SigningKey) {
+    fn signing_key() -> SigningKey {
         let pem = PrivateKey::generate(KeyType::EcdsaP256)
             .unwrap()
             .to_pkcs8_pem();
-        let key = SigningKey::from_pem(pem.as_bytes(), "k").unwrap();
-        let v = Verifier::new("istio-ca").trust("iss", Jwks::from_keys([key.public_jwk()]));
+        SigningKey::from_pem(pem.as_bytes(), "k").unwrap()
+    }
+
+    fn verifier(key: &SigningKey) -> Verifier {
+        Verifier::new("istio-ca").trust("iss", Jwks::from_keys([key.public_jwk()]))
+    }
+
+    fn setup() -> (Authenticator, SigningKey) {
+        let key = signing_key();
         let td = TrustDomain::new("cluster.local").unwrap();
-        (Authenticator::new(td, Some(v), Some("c1".into())), key)
+        let clusters = Clusters::new(Some("c1".into()), None);
+        (Authenticator::new(td, Some(verifier(&key)), clusters), key)
     }
 
     fn token(key: &SigningKey, now: OffsetDateTime, life: time::Duration) -> String {
@@ -196,32 +268,68 @@ mod tests {
         .unwrap()
     }
 
-    #[test]
-    fn a_remembered_token_stops_working_when_it_expires() {
+    fn bearer(token: &str) -> Credentials<'_> {
+        Credentials {
+            peer_certs: None,
+            authorization: Some(token),
+            cluster_id: Some("c1"),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_remembered_token_stops_working_when_it_expires() {
         let (auth, key) = setup();
         let now = OffsetDateTime::now_utc();
         let t = format!("Bearer {}", token(&key, now, time::Duration::minutes(10)));
-        let creds = Credentials {
-            peer_certs: None,
-            authorization: Some(&t),
-            cluster_id: Some("c1"),
-        };
-        let id = auth.authenticate(&creds, now).unwrap();
+        let id = auth.authenticate(&bearer(&t), now).await.unwrap();
         assert_eq!(id.to_string(), "spiffe://cluster.local/ns/foo/sa/bar");
         // Served from the cache the second time, still valid.
-        assert_eq!(
-            auth.authenticate(&creds, now + time::Duration::minutes(9))
-                .unwrap(),
-            id
-        );
+        let later = now + time::Duration::minutes(9);
+        assert_eq!(auth.authenticate(&bearer(&t), later).await.unwrap(), id);
         let err = auth
-            .authenticate(&creds, now + time::Duration::minutes(12))
+            .authenticate(&bearer(&t), now + time::Duration::minutes(12))
+            .await
             .unwrap_err();
         assert!(err.to_string().contains("expired"), "{err}");
     }
 
-    #[test]
-    fn credentials_are_checked_in_istiods_order_and_clusters_must_match() {
+    #[tokio::test]
+    async fn new_keys_are_used_and_tokens_of_withdrawn_keys_are_forgotten() {
+        let (auth, old) = setup();
+        let new = signing_key();
+        let now = OffsetDateTime::now_utc();
+        let by_old = format!("Bearer {}", token(&old, now, time::Duration::minutes(10)));
+        let by_new = format!("Bearer {}", token(&new, now, time::Duration::minutes(10)));
+        auth.authenticate(&bearer(&by_old), now).await.unwrap();
+        let err = auth.authenticate(&bearer(&by_new), now).await.unwrap_err();
+        assert!(err.to_string().contains("no key with kid"), "{err}");
+
+        auth.replace_verifier(verifier(&new));
+        auth.authenticate(&bearer(&by_new), now).await.unwrap();
+        // Verified (and remembered) under the old keys, refused once they are gone.
+        let err = auth.authenticate(&bearer(&by_old), now).await.unwrap_err();
+        assert!(err.to_string().contains("no key with kid"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn a_token_no_jwt_key_accepts_names_the_cluster_without_token_review() {
+        let (auth, _) = setup();
+        let now = OffsetDateTime::now_utc();
+        let err = auth
+            .authenticate(&bearer("Bearer opaque"), now)
+            .await
+            .unwrap_err();
+        assert!(matches!(err, AuthError::NoTokenReview { .. }), "{err}");
+        assert!(
+            err.to_string()
+                .ends_with("; no TokenReview is configured for cluster \"c1\""),
+            "{err}"
+        );
+        assert!(!err.to_string().contains("opaque"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn credentials_are_checked_in_istiods_order_and_clusters_must_match() {
         let (auth, key) = setup();
         let now = OffsetDateTime::now_utc();
         let none = Credentials {
@@ -230,7 +338,7 @@ mod tests {
             cluster_id: None,
         };
         assert!(matches!(
-            auth.authenticate(&none, now),
+            auth.authenticate(&none, now).await,
             Err(AuthError::NoCredential)
         ));
         let t = format!("Bearer {}", token(&key, now, time::Duration::minutes(10)));
@@ -240,7 +348,7 @@ mod tests {
             cluster_id: Some("c2"),
         };
         assert!(matches!(
-            auth.authenticate(&other, now),
+            auth.authenticate(&other, now).await,
             Err(AuthError::WrongCluster { .. })
         ));
         let basic = Credentials {
@@ -249,7 +357,7 @@ mod tests {
             cluster_id: None,
         };
         assert!(matches!(
-            auth.authenticate(&basic, now),
+            auth.authenticate(&basic, now).await,
             Err(AuthError::BadToken(_))
         ));
         let junk = vec![vec![1u8, 2, 3]];
@@ -260,7 +368,7 @@ mod tests {
         };
         assert!(
             matches!(
-                auth.authenticate(&cert, now),
+                auth.authenticate(&cert, now).await,
                 Err(AuthError::BadClientCert(_))
             ),
             "a client certificate is tried first"

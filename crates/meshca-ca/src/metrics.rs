@@ -27,9 +27,9 @@ pub struct Metrics {
     pub root_cert_expiry_timestamp: AtomicI64,
     /// Unix time the signing chain expires.
     pub cert_chain_expiry_timestamp: AtomicI64,
-    /// CA bundles loaded after start.
+    /// CA bundles and JWKS files loaded after start.
     pub reload_success_count: AtomicU64,
-    /// CA bundles refused after start.
+    /// CA bundles and JWKS files refused after start (the last good one stays in use).
     pub reload_failure_count: AtomicU64,
     /// 1 when the CA in use is what the source holds, 0 when a refused bundle is being ignored.
     pub last_known_good: AtomicI64,
@@ -101,13 +101,13 @@ impl Metrics {
         one(
             "meshca_ca_reload_success_count",
             "counter",
-            "CA bundles loaded after start.",
+            "CA bundles and JWKS files loaded after start.",
             c(&self.reload_success_count),
         );
         one(
             "meshca_ca_reload_failure_count",
             "counter",
-            "CA bundles refused after start.",
+            "CA bundles and JWKS files refused after start; the last good one stays in use.",
             c(&self.reload_failure_count),
         );
         one(

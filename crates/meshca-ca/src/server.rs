@@ -1,6 +1,7 @@
-//! Starting and running the server: load the CA, bind the listeners, serve gRPC over TLS (or
-//! plaintext), keep the CA current, stop on request.
+//! Starting and running the server: load the CA and the JWT keys, bind the listeners, serve
+//! gRPC over TLS (or plaintext), keep the CA and the JWT keys current, stop on request.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -9,7 +10,6 @@ use std::time::Duration as StdDuration;
 
 use arc_swap::ArcSwap;
 use meshca_pki::TrustDomain;
-use meshca_token::{Jwks, Verifier};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
@@ -17,12 +17,16 @@ use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
 
 use crate::auth::Authenticator;
 use crate::clock::Clock;
+use crate::cluster::Clusters;
 use crate::issuer::{CaHandle, IssuancePolicy, LoadedCa};
+use crate::jwks::JwksFiles;
 use crate::metrics::Metrics;
 use crate::proto::istio_certificate_service_server::IstioCertificateServiceServer;
 use crate::service::CaService;
 use crate::source::{self, CaError, CaSource};
 use crate::tls::DynamicTls;
+use crate::tokenreview::TokenReviewer;
+use crate::watch::ChangeWatch;
 
 /// Largest request accepted; a CSR is a few KiB.
 pub const MAX_REQUEST_BYTES: usize = 64 * 1024;
@@ -40,11 +44,14 @@ pub struct ServeConfig {
     pub plaintext: bool,
     /// DNS names of the serving certificate.
     pub serving_dns: Vec<String>,
-    /// JWT issuers and their JWKS files.
+    /// JWT issuers and their JWKS files, reloaded when they change. An issuer given more than
+    /// once trusts the keys of all its files.
     pub jwt_issuers: Vec<(String, PathBuf)>,
     /// The audience tokens must carry.
     pub audience: String,
-    /// This CA's cluster; requests naming another are refused.
+    /// This CA's cluster; requests naming a cluster that is neither this one nor a remote
+    /// cluster of `token_review` are refused. `None`: every request is taken to be from this
+    /// cluster (and no remote cluster can be configured).
     pub cluster_id: Option<String>,
     /// Lifetimes.
     pub policy: IssuancePolicy,
@@ -52,22 +59,36 @@ pub struct ServeConfig {
     pub metrics_addr: Option<SocketAddr>,
     /// Accept a new bundle whose roots do not include the root in use.
     pub allow_root_change: bool,
-    /// How often the CA source is looked at.
+    /// How often the CA source and the JWKS files are looked at.
     pub reload_interval: StdDuration,
     /// How long a change must stay unchanged before it is loaded.
     pub debounce: StdDuration,
-    /// Kubernetes TokenReview for bearer tokens JWT verification does not accept.
-    pub token_review: Option<TokenReviewConfig>,
+    /// Kubernetes TokenReview for bearer tokens JWT verification does not accept: which API
+    /// server reviews the tokens of which cluster. `None` is the same as no API server at all.
+    pub token_review: Option<TokenReviewClusters>,
 }
 
-/// Where to send TokenReviews.
+/// Which Kubernetes API server reviews the bearer tokens of which cluster, as istiod picks the
+/// kube client of the cluster a request names in its `clusterid` metadata.
+#[derive(Clone, Debug, Default)]
+pub struct TokenReviewClusters {
+    /// The API server of this server's own cluster: reviews the tokens of requests without
+    /// `clusterid` or naming [`ServeConfig::cluster_id`].
+    pub own: Option<TokenReviewConfig>,
+    /// API servers of remote clusters, by the cluster ID their workloads send as `clusterid`.
+    /// Requests naming one of these clusters are served; they need [`ServeConfig::cluster_id`].
+    pub remote: BTreeMap<String, TokenReviewConfig>,
+}
+
+/// Where to send one cluster's TokenReviews.
 #[derive(Clone, Debug)]
 pub struct TokenReviewConfig {
     /// The API server's URL.
     pub api_server: String,
     /// The CA file that signed the API server's certificate (for https).
     pub ca_file: Option<PathBuf>,
-    /// The file holding the server's own token, used to call the API.
+    /// The file holding the token the server calls this API server with (one valid in that
+    /// cluster, allowed to create TokenReviews). Read at start.
     pub token_file: PathBuf,
 }
 
@@ -78,7 +99,7 @@ pub enum ServeError {
     /// The CA could not be loaded.
     #[error(transparent)]
     Ca(#[from] CaError),
-    /// A JWKS file could not be read.
+    /// A JWKS file could not be read or holds no valid JWKS.
     #[error("{path}: {reason}")]
     Jwks {
         /// the file
@@ -156,59 +177,29 @@ pub async fn start(config: ServeConfig, clock: Arc<dyn Clock>) -> Result<Running
     metrics.last_known_good.store(1, Ordering::Relaxed);
     let ca: CaHandle = Arc::new(ArcSwap::from_pointee(loaded));
 
-    let jwt = if config.jwt_issuers.is_empty() {
+    let jwks = if config.jwt_issuers.is_empty() {
         None
     } else {
-        let mut v = Verifier::new(&config.audience);
-        for (issuer, path) in &config.jwt_issuers {
-            let shown = path.display().to_string();
-            let bytes = std::fs::read(path).map_err(|e| ServeError::Jwks {
-                path: shown.clone(),
-                reason: format!("cannot read: {e}"),
-            })?;
-            let jwks = Jwks::from_json(&bytes, &shown).map_err(|e| ServeError::Jwks {
-                path: shown.clone(),
-                reason: e.to_string(),
-            })?;
-            v = v.trust(issuer, jwks);
-        }
-        Some(v)
+        Some(
+            JwksFiles::load(&config.audience, &config.jwt_issuers).map_err(|e| {
+                ServeError::Jwks {
+                    path: e.path,
+                    reason: e.reason,
+                }
+            })?,
+        )
     };
     let auth = Arc::new(Authenticator::new(
         config.trust_domain.clone(),
-        jwt,
-        config.cluster_id.clone(),
+        jwks.as_ref().map(JwksFiles::verifier),
+        clusters(&config)?,
     ));
-    let reviewer = match &config.token_review {
-        None => None,
-        Some(tr) => {
-            let read = |p: &PathBuf| {
-                std::fs::read(p).map_err(|e| {
-                    ServeError::TokenReview(format!("{}: cannot read: {e}", p.display()))
-                })
-            };
-            let ca_pem = tr.ca_file.as_ref().map(read).transpose()?;
-            let token = String::from_utf8_lossy(&read(&tr.token_file)?)
-                .trim()
-                .to_owned();
-            let r = crate::tokenreview::TokenReviewer::new(
-                &tr.api_server,
-                ca_pem.as_deref(),
-                token,
-                vec![config.audience.clone()],
-                crate::tokenreview::DEFAULT_TIMEOUT,
-            )
-            .map_err(|e| ServeError::TokenReview(e.to_string()))?;
-            Some(Arc::new(r))
-        }
-    };
     let service = CaService {
         ca: ca.clone(),
-        auth,
+        auth: auth.clone(),
         policy: config.policy,
         metrics: metrics.clone(),
         clock: clock.clone(),
-        reviewer,
     };
 
     let listener = TcpListener::bind(config.listen)
@@ -252,6 +243,15 @@ pub async fn start(config: ServeConfig, clock: Arc<dyn Clock>) -> Result<Running
         metrics.clone(),
         clock.clone(),
     )));
+    if let Some(jwks) = jwks {
+        background.push(tokio::spawn(keep_jwks_current(
+            jwks,
+            auth,
+            config.reload_interval,
+            config.debounce,
+            metrics.clone(),
+        )));
+    }
 
     let (health, health_service) = tonic_health::server::health_reporter();
     health
@@ -299,6 +299,48 @@ pub async fn start(config: ServeConfig, clock: Arc<dyn Clock>) -> Result<Running
         join,
         background,
     })
+}
+
+/// The clusters served and their TokenReview clients, from the configuration.
+fn clusters(config: &ServeConfig) -> Result<Clusters, ServeError> {
+    let empty = TokenReviewClusters::default();
+    let tr = config.token_review.as_ref().unwrap_or(&empty);
+    let own = tr
+        .own
+        .as_ref()
+        .map(|c| reviewer(c, &config.audience))
+        .transpose()
+        .map_err(|e| match &config.cluster_id {
+            Some(id) => ServeError::TokenReview(format!("cluster {id:?}: {e}")),
+            None => ServeError::TokenReview(e),
+        })?;
+    let mut clusters = Clusters::new(config.cluster_id.clone(), own);
+    for (id, c) in &tr.remote {
+        let remote = reviewer(c, &config.audience)
+            .map_err(|e| ServeError::TokenReview(format!("cluster {id:?}: {e}")))?;
+        clusters = clusters
+            .with_remote(id.clone(), remote)
+            .map_err(|e| ServeError::TokenReview(e.to_string()))?;
+    }
+    Ok(clusters)
+}
+
+/// A TokenReview client for one API server; the error is one line naming the file or URL.
+fn reviewer(c: &TokenReviewConfig, audience: &str) -> Result<TokenReviewer, String> {
+    let read =
+        |p: &PathBuf| std::fs::read(p).map_err(|e| format!("{}: cannot read: {e}", p.display()));
+    let ca_pem = c.ca_file.as_ref().map(read).transpose()?;
+    let token = String::from_utf8_lossy(&read(&c.token_file)?)
+        .trim()
+        .to_owned();
+    TokenReviewer::new(
+        &c.api_server,
+        ca_pem.as_deref(),
+        token,
+        vec![audience.to_owned()],
+        crate::tokenreview::DEFAULT_TIMEOUT,
+    )
+    .map_err(|e| e.to_string())
 }
 
 type TlsConn = tokio_rustls::server::TlsStream<TcpStream>;
@@ -352,40 +394,28 @@ async fn keep_current(
     metrics: Arc<Metrics>,
     clock: Arc<dyn Clock>,
 ) {
-    let mut last_refused: Option<Vec<u8>> = None;
+    let mut watch = ChangeWatch::default();
     loop {
         tokio::time::sleep(config.reload_interval).await;
         let now = clock.now();
         let current = ca.load_full();
         let next = match &config.source {
             CaSource::Folder(dir) => {
-                let dir = dir.clone();
-                let read = tokio::task::spawn_blocking({
+                // A folder that cannot be read is mid-swap, or gone for now: looked at again.
+                let read = {
                     let dir = dir.clone();
-                    move || source::read_folder(&dir)
-                })
-                .await;
-                let Ok(Ok((_, fp))) = read else { continue };
-                if fp == current.fingerprint() || last_refused.as_deref() == Some(fp.as_slice()) {
-                    continue;
-                }
-                // Debounce: writers that update files one by one settle first.
-                tokio::time::sleep(config.debounce).await;
-                let shown = dir.display().to_string();
-                let loaded = tokio::task::spawn_blocking(move || {
-                    let (files, fp2) = source::read_folder(&dir)?;
-                    Ok::<_, CaError>((files, fp2))
-                })
-                .await;
-                let Ok(Ok((files, fp2))) = loaded else {
+                    move || source::read_folder(&dir).ok()
+                };
+                let Some((files, fp)) = watch
+                    .settled_change(current.fingerprint(), config.debounce, read)
+                    .await
+                else {
                     continue;
                 };
-                if fp2 != fp {
-                    continue;
-                }
+                let shown = dir.display().to_string();
                 let attempt = meshca_pki::CacertsBundle::from_files(&files, &shown, now)
                     .map_err(CaError::from)
-                    .map(|b| LoadedCa::new(b, fp2.clone()))
+                    .map(|b| LoadedCa::new(b, fp.clone()))
                     .and_then(|new| {
                         source::check_root_change(&current, &new, &shown, config.allow_root_change)
                             .map(|()| new)
@@ -396,7 +426,7 @@ async fn keep_current(
                         tracing::warn!(error = %e, "new CA bundle refused; the last good CA keeps signing");
                         metrics.reload_failure_count.fetch_add(1, Ordering::Relaxed);
                         metrics.last_known_good.store(0, Ordering::Relaxed);
-                        last_refused = Some(fp2);
+                        watch.refused(fp);
                         None
                     }
                 }
@@ -421,7 +451,7 @@ async fn keep_current(
             }
             record_expiry(&metrics, &new);
             ca.store(Arc::new(new));
-            last_refused = None;
+            watch.accepted();
             metrics.reload_success_count.fetch_add(1, Ordering::Relaxed);
             metrics.last_known_good.store(1, Ordering::Relaxed);
             tracing::info!("CA bundle reloaded");
@@ -430,6 +460,23 @@ async fn keep_current(
             && let Err(e) = tls.update(&current, now)
         {
             tracing::warn!(error = %e, "serving certificate renewal failed");
+        }
+    }
+}
+
+/// Watches the JWKS files, handing the authenticator new keys when a file changed to a valid
+/// JWKS; a refused file leaves the keys in use as they are.
+async fn keep_jwks_current(
+    mut jwks: JwksFiles,
+    auth: Arc<Authenticator>,
+    interval: StdDuration,
+    debounce: StdDuration,
+    metrics: Arc<Metrics>,
+) {
+    loop {
+        tokio::time::sleep(interval).await;
+        if let Some(verifier) = jwks.refresh(debounce, &metrics).await {
+            auth.replace_verifier(verifier);
         }
     }
 }

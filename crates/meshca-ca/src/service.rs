@@ -8,7 +8,7 @@ use std::time::Instant;
 use meshca_pki::CertificateRequest;
 use tonic::{Request, Response, Status};
 
-use crate::auth::{AuthError, Authenticator, Credentials};
+use crate::auth::{Authenticator, Credentials};
 use crate::clock::Clock;
 use crate::issuer::{CaHandle, IssuancePolicy, IssueError};
 use crate::metrics::Metrics;
@@ -22,35 +22,6 @@ pub struct CaService {
     pub(crate) policy: IssuancePolicy,
     pub(crate) metrics: Arc<Metrics>,
     pub(crate) clock: Arc<dyn Clock>,
-    pub(crate) reviewer: Option<Arc<crate::tokenreview::TokenReviewer>>,
-}
-
-impl CaService {
-    /// The third authenticator: a bearer token that local JWT verification did not accept (or
-    /// could not, with no issuer configured) is reviewed by the Kubernetes API server.
-    async fn review(
-        &self,
-        authorization: Option<&str>,
-        first: AuthError,
-    ) -> Result<meshca_pki::SpiffeId, String> {
-        let (Some(reviewer), Some(token)) = (
-            &self.reviewer,
-            authorization.and_then(|a| {
-                a.strip_prefix("Bearer ")
-                    .or_else(|| a.strip_prefix("bearer "))
-            }),
-        ) else {
-            return Err(first.to_string());
-        };
-        let who = reviewer
-            .review(token.trim())
-            .await
-            .map_err(|e| format!("{first}; {e}"))?;
-        let id = who
-            .spiffe_id(self.auth.trust_domain())
-            .map_err(|e| e.to_string())?;
-        Ok(id)
-    }
 }
 
 #[tonic::async_trait]
@@ -73,12 +44,7 @@ impl IstioCertificateService for CaService {
             authorization,
             cluster_id,
         };
-        let result = match self.auth.authenticate(&creds, now) {
-            Ok(id) => Ok(id),
-            Err(e @ AuthError::BadToken(_)) => self.review(authorization, e).await,
-            Err(e) => Err(e.to_string()),
-        };
-        let identity = match result {
+        let identity = match self.auth.authenticate(&creds, now).await {
             Ok(id) => id,
             Err(e) => {
                 self.metrics

@@ -1,7 +1,10 @@
-//! The real server on loopback: gRPC over TLS, JWT and mTLS authentication, every refusal with
-//! its status code, hot reloads under continuous load, and the self-signed root.
+//! The real server on loopback: gRPC over TLS, JWT and mTLS authentication, TokenReview per
+//! cluster against fake API servers, every refusal with its status code, hot reloads of the CA
+//! under continuous load and of the JWKS files, and the self-signed root.
 
 #![allow(clippy::unwrap_used)] // test helpers panic on setup failures by design
+
+mod fake_api;
 
 use std::os::unix::fs::symlink;
 use std::path::{Path, PathBuf};
@@ -12,12 +15,16 @@ use std::time::Duration;
 use meshca_ca::issuer::IssuancePolicy;
 use meshca_ca::proto::IstioCertificateRequest;
 use meshca_ca::proto::istio_certificate_service_client::IstioCertificateServiceClient;
-use meshca_ca::{CaSource, Running, ServeConfig, SystemClock};
+use meshca_ca::{
+    CaSource, Running, ServeConfig, ServeError, SystemClock, TokenReviewClusters, TokenReviewConfig,
+};
 use meshca_pki::{Certificate, KeyType, PrivateKey, TrustDomain, make_csr_pem};
 use meshca_testkit::{fixtures, openssl, x509_text};
 use meshca_token::{Jwks, ServiceAccountClaims, SigningKey};
 use tonic::transport::{Channel, ClientTlsConfig, Identity};
-use tonic::{Code, Request};
+use tonic::{Code, Request, Status};
+
+use fake_api::{Answer, FakeApi, fake_api, review_of};
 
 const MESHCA_TD: &str = "cluster.local";
 
@@ -693,43 +700,37 @@ async fn the_self_signed_root_survives_a_restart_and_rotates_keeping_its_key() {
     );
 }
 
-/// A one-request Kubernetes API server that says the token belongs to foo/bar.
-async fn fake_api_server() -> (String, tokio::task::JoinHandle<String>) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = l.local_addr().unwrap();
-    let handle = tokio::spawn(async move {
-        let (mut s, _) = l.accept().await.unwrap();
-        let mut buf = Vec::new();
-        let mut chunk = [0u8; 4096];
-        loop {
-            let n = s.read(&mut chunk).await.unwrap();
-            buf.extend_from_slice(&chunk[..n]);
-            let text = String::from_utf8_lossy(&buf).to_string();
-            if let Some(end) = text.find("\r\n\r\n") {
-                let len: usize = text[..end]
-                    .lines()
-                    .find_map(|l| {
-                        l.to_ascii_lowercase()
-                            .strip_prefix("content-length:")
-                            .map(|v| v.trim().to_owned())
-                    })
-                    .and_then(|v| v.parse().ok())
-                    .unwrap_or(0);
-                if buf.len() >= end + 4 + len {
-                    break;
-                }
-            }
-        }
-        let body = r#"{"apiVersion":"authentication.k8s.io/v1","kind":"TokenReview","status":{"authenticated":true,"user":{"username":"system:serviceaccount:foo:bar"},"audiences":["istio-ca"]}}"#;
-        let resp = format!(
-            "HTTP/1.1 201 Created\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
-            body.len()
-        );
-        s.write_all(resp.as_bytes()).await.unwrap();
-        String::from_utf8_lossy(&buf).into_owned()
-    });
-    (format!("http://{addr}"), handle)
+/// A TokenReview client configuration for `api`, calling it with `reviewer_token` (written to
+/// a file in `dir`).
+fn review_at(api: &FakeApi, dir: &Path, reviewer_token: &str) -> TokenReviewConfig {
+    let token_file = dir.join(format!("{reviewer_token}.token"));
+    std::fs::write(&token_file, format!("{reviewer_token}\n")).unwrap();
+    TokenReviewConfig {
+        api_server: api.url.clone(),
+        ca_file: None,
+        token_file,
+    }
+}
+
+/// A request carrying `token` as bearer and, when given, `cluster` as `clusterid`.
+fn request_from(
+    csr: String,
+    token: &str,
+    cluster: Option<&str>,
+) -> Request<IstioCertificateRequest> {
+    let mut r = request(csr, Some(token), 0);
+    if let Some(c) = cluster {
+        r.metadata_mut().insert("clusterid", c.parse().unwrap());
+    }
+    r
+}
+
+/// The URI SAN of the leaf of an issued chain.
+fn issued_to(chain: &[String]) -> Vec<String> {
+    Certificate::one_from_pem(chain[0].as_bytes(), "leaf")
+        .unwrap()
+        .uris()
+        .to_vec()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -740,14 +741,15 @@ async fn tokens_no_jwt_issuer_accepts_go_to_kubernetes_token_review() {
         jwt,
         root,
     } = samples(true);
-    let (api, seen) = fake_api_server().await;
-    let token_file = t.path().join("reviewer-token");
-    std::fs::write(&token_file, "reviewer-secret\n").unwrap();
+    let api = fake_api(
+        Answer::Respond("201 Created", review_of("foo", "bar")),
+        None,
+    )
+    .await;
     let server = start_on(&cacerts, &jwt, |cfg| {
-        cfg.token_review = Some(meshca_ca::TokenReviewConfig {
-            api_server: api,
-            ca_file: None,
-            token_file,
+        cfg.token_review = Some(TokenReviewClusters {
+            own: Some(review_at(&api, t.path(), "reviewer-secret")),
+            ..Default::default()
         });
     })
     .await;
@@ -759,28 +761,402 @@ async fn tokens_no_jwt_issuer_accepts_go_to_kubernetes_token_review() {
         .unwrap()
         .into_inner()
         .cert_chain;
-    let leaf = Certificate::one_from_pem(chain[0].as_bytes(), "leaf").unwrap();
-    assert_eq!(leaf.uris(), ["spiffe://cluster.local/ns/foo/sa/bar"]);
-    let req = seen.await.unwrap();
-    assert!(
-        req.starts_with("POST /apis/authentication.k8s.io/v1/tokenreviews HTTP/1.1"),
-        "{req}"
+    assert_eq!(issued_to(&chain), ["spiffe://cluster.local/ns/foo/sa/bar"]);
+    let seen = api.requests();
+    assert_eq!(seen.len(), 1);
+    assert_eq!(
+        seen[0].request_line,
+        "POST /apis/authentication.k8s.io/v1/tokenreviews HTTP/1.1"
     );
-    assert!(
-        req.contains("\"token\":\"opaque-projected-token\""),
-        "{req}"
-    );
-    assert!(
-        req.to_ascii_lowercase()
-            .contains("authorization: bearer reviewer-secret"),
-        "{req}"
+    assert_eq!(seen[0].reviewed_token(), "opaque-projected-token");
+    assert_eq!(
+        seen[0].header("authorization"),
+        Some("Bearer reviewer-secret")
     );
     // With the API server gone, the same token is refused, not waved through.
+    drop(api);
     let (_k, csr) = csr_for("spiffe://cluster.local/ns/foo/sa/bar");
     let err = c
         .create_certificate(request(csr, Some("opaque-projected-token"), 0))
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::Unauthenticated);
+    assert!(
+        err.message().contains("token review at http://127.0.0.1:"),
+        "{}",
+        err.message()
+    );
+    server.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_clusters_tokens_are_reviewed_by_that_clusters_api_server() {
+    let Samples {
+        t,
+        cacerts,
+        jwt,
+        root,
+    } = samples(true);
+    // Each API server vouches for a service account of its own cluster.
+    let own_api = fake_api(
+        Answer::Respond("201 Created", review_of("foo", "bar")),
+        None,
+    )
+    .await;
+    let remote_api = fake_api(
+        Answer::Respond("201 Created", review_of("remote-ns", "remote-sa")),
+        None,
+    )
+    .await;
+    let server = start_on(&cacerts, &jwt, |cfg| {
+        assert_eq!(cfg.cluster_id.as_deref(), Some("cluster1"));
+        cfg.token_review = Some(TokenReviewClusters {
+            own: Some(review_at(&own_api, t.path(), "cluster1-reviewer")),
+            remote: [(
+                "cluster2".to_owned(),
+                review_at(&remote_api, t.path(), "cluster2-reviewer"),
+            )]
+            .into(),
+        });
+    })
+    .await;
+    let mut c = client(&server, &root, None).await;
+    let own_id = "spiffe://cluster.local/ns/foo/sa/bar";
+    let remote_id = "spiffe://cluster.local/ns/remote-ns/sa/remote-sa";
+    // What each API server was asked: "<reviewed token> by <reviewer's authorization>".
+    let tokens = |api: &FakeApi| {
+        api.requests()
+            .iter()
+            .map(|r| {
+                assert_eq!(
+                    r.request_line,
+                    "POST /apis/authentication.k8s.io/v1/tokenreviews HTTP/1.1"
+                );
+                format!(
+                    "{} by {}",
+                    r.reviewed_token(),
+                    r.header("authorization").unwrap()
+                )
+            })
+            .collect::<Vec<_>>()
+    };
+
+    // No clusterid: the server's own cluster, reviewed by its API server only.
+    let (_k, csr) = csr_for(own_id);
+    let chain = c
+        .create_certificate(request_from(csr, "token-of-cluster1", None))
+        .await
+        .unwrap()
+        .into_inner()
+        .cert_chain;
+    assert_eq!(issued_to(&chain), [own_id]);
+    let own_review = "token-of-cluster1 by Bearer cluster1-reviewer";
+    assert_eq!(tokens(&own_api), [own_review]);
+    assert!(remote_api.requests().is_empty());
+
+    // The remote cluster: its API server only, with its own reviewer token; the identity is
+    // the service account it names, in this server's trust domain.
+    let (_k, csr) = csr_for(remote_id);
+    let chain = c
+        .create_certificate(request_from(csr, "token-of-cluster2", Some("cluster2")))
+        .await
+        .unwrap()
+        .into_inner()
+        .cert_chain;
+    assert_eq!(issued_to(&chain), [remote_id]);
+    assert_eq!(
+        tokens(&remote_api),
+        ["token-of-cluster2 by Bearer cluster2-reviewer"]
+    );
+    assert_eq!(tokens(&own_api), [own_review]);
+
+    // Naming the own cluster is the same as naming none.
+    let (_k, csr) = csr_for(own_id);
+    c.create_certificate(request_from(
+        csr,
+        "token-of-cluster1-again",
+        Some("cluster1"),
+    ))
+    .await
+    .unwrap();
+    assert_eq!(
+        tokens(&own_api),
+        [
+            own_review,
+            "token-of-cluster1-again by Bearer cluster1-reviewer"
+        ]
+    );
+    assert_eq!(tokens(&remote_api).len(), 1);
+
+    // A JWT is verified locally whichever served cluster the request names: no review.
+    let (_k, csr) = csr_for("spiffe://cluster.local/ns/foo/sa/sleep");
+    c.create_certificate(request_from(
+        csr,
+        &jwt.token("foo", "sleep", "istio-ca"),
+        Some("cluster2"),
+    ))
+    .await
+    .unwrap();
+    assert_eq!((tokens(&own_api).len(), tokens(&remote_api).len()), (2, 1));
+
+    // A cluster this server does not serve: refused, named, and no API server is asked.
+    let (_k, csr) = csr_for(remote_id);
+    let err = c
+        .create_certificate(request_from(csr, "token-of-cluster3", Some("cluster3")))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::Unauthenticated, "{}", err.message());
+    assert_eq!(
+        err.message(),
+        "request authenticate failure: request is for cluster \"cluster3\", this CA serves [\"cluster1\", \"cluster2\"]"
+    );
+    assert_eq!((tokens(&own_api).len(), tokens(&remote_api).len()), (2, 1));
+
+    let m = metrics_text(&server).await;
+    assert_eq!(
+        metric(&m, "citadel_server_authentication_failure_count"),
+        1.0
+    );
+    assert_eq!(
+        metric(&m, "citadel_server_success_cert_issuance_count"),
+        4.0
+    );
+    server.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_without_token_review_is_named_in_the_refusal() {
+    let Samples {
+        t,
+        cacerts,
+        jwt,
+        root,
+    } = samples(true);
+    let remote_api = fake_api(
+        Answer::Respond("201 Created", review_of("remote-ns", "remote-sa")),
+        None,
+    )
+    .await;
+    // TokenReview for the remote cluster only; the own cluster trusts JWTs alone.
+    let server = start_on(&cacerts, &jwt, |cfg| {
+        cfg.token_review = Some(TokenReviewClusters {
+            own: None,
+            remote: [(
+                "cluster2".to_owned(),
+                review_at(&remote_api, t.path(), "cluster2-reviewer"),
+            )]
+            .into(),
+        });
+    })
+    .await;
+    let mut c = client(&server, &root, None).await;
+    let (_k, csr) = csr_for("spiffe://cluster.local/ns/remote-ns/sa/remote-sa");
+    for cluster in [None, Some("cluster1")] {
+        let err = c
+            .create_certificate(request_from(csr.clone(), "opaque-token", cluster))
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Code::Unauthenticated, "{}", err.message());
+        assert!(
+            err.message()
+                .ends_with("; no TokenReview is configured for cluster \"cluster1\""),
+            "{}",
+            err.message()
+        );
+        assert!(!err.message().contains("opaque-token"), "{}", err.message());
+    }
+    assert!(
+        remote_api.requests().is_empty(),
+        "the remote cluster's API server was asked"
+    );
+    // The same token, said to be from the remote cluster, is reviewed there.
+    c.create_certificate(request_from(csr, "opaque-token", Some("cluster2")))
+        .await
+        .unwrap();
+    assert_eq!(remote_api.requests().len(), 1);
+    server.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn remote_clusters_need_the_own_cluster_id_and_readable_files() {
+    let Samples {
+        t, cacerts, jwt, ..
+    } = samples(true);
+    let remote = |token_file: PathBuf| TokenReviewClusters {
+        own: None,
+        remote: [(
+            "cluster2".to_owned(),
+            TokenReviewConfig {
+                api_server: "http://127.0.0.1:1".into(),
+                ca_file: None,
+                token_file,
+            },
+        )]
+        .into(),
+    };
+    let token_file = t.path().join("reviewer.token");
+    std::fs::write(&token_file, "reviewer").unwrap();
+    let start = |cfg: ServeConfig| meshca_ca::start(cfg, Arc::new(SystemClock));
+
+    let mut cfg = config(CaSource::Folder(cacerts.clone()), &jwt);
+    cfg.cluster_id = None;
+    cfg.token_review = Some(remote(token_file.clone()));
+    let Err(err) = start(cfg).await else {
+        panic!("started without its own cluster ID")
+    };
+    assert!(matches!(err, ServeError::TokenReview(_)), "{err}");
+    assert_eq!(
+        err.to_string(),
+        "TokenReview: remote cluster \"cluster2\" needs this server's own cluster ID to be set"
+    );
+
+    let mut cfg = config(CaSource::Folder(cacerts), &jwt);
+    let missing = t.path().join("missing.token");
+    cfg.token_review = Some(remote(missing.clone()));
+    let Err(err) = start(cfg).await else {
+        panic!("started without the reviewer token")
+    };
+    let msg = err.to_string();
+    assert!(
+        msg.starts_with(&format!(
+            "TokenReview: cluster \"cluster2\": {}: cannot read: ",
+            missing.display()
+        )),
+        "{msg}"
+    );
+    assert!(!msg.contains('\n'), "{msg}");
+}
+
+/// Replaces `path` in one rename, as a Secret or ConfigMap update does.
+fn replace_file(path: &Path, content: &str) {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, content).unwrap();
+    std::fs::rename(&tmp, path).unwrap();
+}
+
+/// Polls `check` every 20 ms until it holds, for at most 10 s.
+async fn eventually<F, Fut>(what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !check().await {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{what}: not seen within 10 s"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn reload_failures(server: &Running) -> f64 {
+    metric(
+        &metrics_text(server).await,
+        "meshca_ca_reload_failure_count",
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rotated_jwt_keys_are_picked_up_and_a_broken_jwks_keeps_the_last_good_keys() {
+    let Samples {
+        t,
+        cacerts,
+        jwt: old,
+        root,
+    } = samples(true);
+    let new_dir = t.path().join("new");
+    std::fs::create_dir(&new_dir).unwrap();
+    let new = Jwt::new(&new_dir);
+    let server = start_on(&cacerts, &old, |_| {}).await;
+    let c = client(&server, &root, None).await;
+    // Each call asks for a fresh identity with a freshly minted token, so that no answer comes
+    // from the memory of tokens already verified.
+    let serial = AtomicU64::new(0);
+    let issue = |key: &Jwt| {
+        let sa = format!("sa-{}", serial.fetch_add(1, Ordering::Relaxed));
+        let token = key.token("foo", &sa, "istio-ca");
+        let (_k, csr) = csr_for(&format!("spiffe://cluster.local/ns/foo/sa/{sa}"));
+        let mut c = c.clone();
+        async move {
+            c.create_certificate(request(csr, Some(&token), 0))
+                .await
+                .map(|_| ())
+        }
+    };
+    let refused = |r: Result<(), Status>| match r {
+        Ok(()) => panic!("accepted"),
+        Err(s) => {
+            assert_eq!(s.code(), Code::Unauthenticated, "{}", s.message());
+            s.message().to_owned()
+        }
+    };
+
+    // A token signed by the issuer's new key is refused while the file holds only the old key.
+    let msg = refused(issue(&new).await);
+    assert!(msg.contains("no key with kid"), "{msg}");
+
+    // The issuer publishes both keys: the new key's tokens are accepted, the old still are.
+    let both = Jwks::from_keys([old.key.public_jwk(), new.key.public_jwk()]).to_json();
+    replace_file(&old.jwks_file, &both);
+    eventually("the rotated JWKS", || async { issue(&new).await.is_ok() }).await;
+    issue(&old).await.unwrap();
+    let m = metrics_text(&server).await;
+    assert_eq!(metric(&m, "meshca_ca_reload_success_count"), 1.0);
+    assert_eq!(metric(&m, "meshca_ca_reload_failure_count"), 0.0);
+    // A token verified (and remembered) now, to check later that withdrawn keys are not
+    // believed from memory.
+    let remembered = old.token("foo", "remembered", "istio-ca");
+    let (_k, remembered_csr) = csr_for("spiffe://cluster.local/ns/foo/sa/remembered");
+    let mut rc = c.clone();
+    rc.create_certificate(request(remembered_csr.clone(), Some(&remembered), 0))
+        .await
+        .unwrap();
+
+    // A broken JWKS is refused and counted once; both keys keep working.
+    replace_file(&old.jwks_file, "{\"keys\": [");
+    eventually("the broken JWKS refused", || async {
+        reload_failures(&server).await >= 1.0
+    })
+    .await;
+    issue(&new).await.unwrap();
+    issue(&old).await.unwrap();
+    // A file that cannot be read is refused the same way.
+    std::fs::remove_file(&old.jwks_file).unwrap();
+    eventually("the missing JWKS refused", || async {
+        reload_failures(&server).await >= 2.0
+    })
+    .await;
+    issue(&new).await.unwrap();
+    issue(&old).await.unwrap();
+    let m = metrics_text(&server).await;
+    assert_eq!(
+        metric(&m, "meshca_ca_reload_failure_count"),
+        2.0,
+        "each refused once"
+    );
+    assert_eq!(metric(&m, "meshca_ca_reload_success_count"), 1.0);
+    assert_eq!(
+        metric(&m, "meshca_ca_last_known_good"),
+        1.0,
+        "the CA is untouched"
+    );
+
+    // The old key is withdrawn: its tokens are refused, even one verified before.
+    replace_file(
+        &old.jwks_file,
+        &Jwks::from_keys([new.key.public_jwk()]).to_json(),
+    );
+    eventually("the old key withdrawn", || async {
+        issue(&old).await.is_err()
+    })
+    .await;
+    let msg = refused(
+        rc.create_certificate(request(remembered_csr, Some(&remembered), 0))
+            .await
+            .map(|_| ()),
+    );
+    assert!(msg.contains("no key with kid"), "{msg}");
+    issue(&new).await.unwrap();
     server.shutdown().await.unwrap();
 }

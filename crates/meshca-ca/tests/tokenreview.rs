@@ -3,6 +3,8 @@
 
 #![allow(clippy::unwrap_used)] // test helpers panic on setup failures by design
 
+mod fake_api;
+
 use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -12,162 +14,17 @@ use meshca_pki::{
     CaProfile, CaSigner, Certificate, KeyType, PrivateKey, Subject, TrustDomain, WorkloadProfile,
 };
 use rustls_pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
-use serde_json::{Value, json};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use serde_json::json;
 use tokio::net::TcpListener;
-use tokio::task::JoinHandle;
+
+use fake_api::{Answer, FakeApi, fake_api, review, review_of};
 
 const WORKLOAD_TOKEN: &str = "workload-token-d41d8cd9";
 const REVIEWER_TOKEN: &str = "reviewer-token-8f00b204";
 const TIMEOUT: Duration = Duration::from_millis(300);
 
-/// What the fake API server does once it has read the request.
-enum Answer {
-    /// Answers with this status line and body.
-    Respond(&'static str, String),
-    /// Closes the connection without a word.
-    Close,
-    /// Says nothing, keeping the connection open until the client leaves.
-    Silent,
-}
-
-/// One request as the fake API server read it.
-struct Recorded {
-    request_line: String,
-    headers: Vec<(String, String)>,
-    body: Vec<u8>,
-}
-
-impl Recorded {
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
-    }
-
-    fn json(&self) -> Value {
-        serde_json::from_slice(&self.body).unwrap()
-    }
-}
-
-struct FakeApi {
-    url: String,
-    request: JoinHandle<Recorded>,
-}
-
-/// A fake API server answering one request; with `tls`, it serves that configuration.
-async fn fake_api(answer: Answer, tls: Option<rustls::ServerConfig>) -> FakeApi {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let scheme = if tls.is_some() { "https" } else { "http" };
-    let request = tokio::spawn(async move {
-        let (sock, _) = listener.accept().await.unwrap();
-        match tls {
-            None => serve_one(sock, answer).await,
-            Some(cfg) => {
-                let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(cfg));
-                serve_one(acceptor.accept(sock).await.unwrap(), answer).await
-            }
-        }
-    });
-    FakeApi {
-        url: format!("{scheme}://{addr}"),
-        request,
-    }
-}
-
-async fn serve_one<S: AsyncRead + AsyncWrite + Unpin>(mut sock: S, answer: Answer) -> Recorded {
-    let recorded = read_request(&mut sock).await;
-    match answer {
-        Answer::Respond(status, body) => {
-            let head = format!(
-                "HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
-                body.len()
-            );
-            // A client that stops reading (an oversized answer) makes these fail; that is fine.
-            let _ = sock.write_all(head.as_bytes()).await;
-            let _ = sock.write_all(body.as_bytes()).await;
-            let _ = sock.shutdown().await;
-        }
-        Answer::Close => drop(sock),
-        Answer::Silent => {
-            let mut rest = [0u8; 64];
-            while matches!(sock.read(&mut rest).await, Ok(n) if n > 0) {}
-        }
-    }
-    recorded
-}
-
-/// Reads one HTTP/1.1 request: the head, then a `content-length` body.
-async fn read_request<S: AsyncRead + Unpin>(sock: &mut S) -> Recorded {
-    let mut buf = Vec::new();
-    let head_end = loop {
-        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-            break i;
-        }
-        let mut chunk = [0u8; 4096];
-        let n = sock.read(&mut chunk).await.unwrap();
-        assert!(n > 0, "client closed before sending a whole request head");
-        buf.extend_from_slice(&chunk[..n]);
-    };
-    let head = String::from_utf8(buf[..head_end].to_vec()).unwrap();
-    let mut lines = head.split("\r\n");
-    let request_line = lines.next().unwrap().to_owned();
-    let headers: Vec<(String, String)> = lines
-        .map(|l| {
-            let (n, v) = l.split_once(':').unwrap();
-            (n.trim().to_owned(), v.trim().to_owned())
-        })
-        .collect();
-    let len: usize = headers
-        .iter()
-        .find(|(n, _)| n.eq_ignore_ascii_case("content-length"))
-        .map_or(0, |(_, v)| v.parse().unwrap());
-    let mut body = buf[head_end + 4..].to_vec();
-    while body.len() < len {
-        let mut chunk = [0u8; 4096];
-        let n = sock.read(&mut chunk).await.unwrap();
-        assert!(n > 0, "client closed before sending the whole body");
-        body.extend_from_slice(&chunk[..n]);
-    }
-    Recorded {
-        request_line,
-        headers,
-        body,
-    }
-}
-
-/// A TokenReview answer as the API server writes it.
-fn review(authenticated: bool, username: &str, audiences: Option<&[&str]>, error: &str) -> String {
-    let mut status = json!({ "authenticated": authenticated });
-    if authenticated {
-        status["user"] =
-            json!({ "username": username, "uid": "1234", "groups": ["system:serviceaccounts"] });
-    }
-    if let Some(a) = audiences {
-        status["audiences"] = json!(a);
-    }
-    if !error.is_empty() {
-        status["error"] = json!(error);
-    }
-    json!({
-        "kind": "TokenReview",
-        "apiVersion": "authentication.k8s.io/v1",
-        "metadata": { "creationTimestamp": null },
-        "spec": { "token": WORKLOAD_TOKEN, "audiences": ["istio-ca"] },
-        "status": status,
-    })
-    .to_string()
-}
-
 fn ok_review() -> String {
-    review(
-        true,
-        "system:serviceaccount:foo:bar",
-        Some(&["istio-ca"]),
-        "",
-    )
+    review_of("foo", "bar")
 }
 
 fn reviewer(url: &str, ca_pem: Option<&[u8]>) -> TokenReviewer {
@@ -260,7 +117,7 @@ fn test_pki(name: &str) -> TestPki {
 
 #[tokio::test]
 async fn authenticated_review_names_the_service_account_and_sends_a_token_review() {
-    let (result, api) = review_against(Answer::Respond("201 Created", ok_review())).await;
+    let (result, mut api) = review_against(Answer::Respond("201 Created", ok_review())).await;
     let id = result.unwrap();
     assert_eq!(
         id,
@@ -275,7 +132,7 @@ async fn authenticated_review_names_the_service_account_and_sends_a_token_review
         "spiffe://cluster.local/ns/foo/sa/bar"
     );
 
-    let req = api.request.await.unwrap();
+    let req = api.next_request().await;
     assert_eq!(
         req.request_line,
         "POST /apis/authentication.k8s.io/v1/tokenreviews HTTP/1.1"
@@ -306,7 +163,7 @@ async fn status_200_is_accepted_too() {
 #[tokio::test]
 async fn review_over_tls_trusts_the_given_ca() {
     let pki = test_pki("api CA");
-    let api = fake_api(
+    let mut api = fake_api(
         Answer::Respond("201 Created", ok_review()),
         Some(pki.server),
     )
@@ -320,7 +177,7 @@ async fn review_over_tls_trusts_the_given_ca() {
         (id.namespace.as_str(), id.service_account.as_str()),
         ("foo", "bar")
     );
-    let req = api.request.await.unwrap();
+    let req = api.next_request().await;
     assert_eq!(req.json()["spec"]["token"], WORKLOAD_TOKEN);
     assert_eq!(
         req.header("authorization"),
@@ -343,6 +200,10 @@ async fn tls_server_from_another_ca_is_refused() {
     let err = refusal(result, &api.url);
     assert!(matches!(err, TokenReviewError::Tls { .. }), "{err}");
     assert!(err.to_string().contains("TLS handshake failed"), "{err}");
+    assert!(
+        api.requests().is_empty(),
+        "nothing was sent to the untrusted server"
+    );
 }
 
 #[tokio::test]
@@ -471,20 +332,17 @@ async fn oversized_answer_is_refused() {
 
 #[tokio::test]
 async fn server_closing_without_answer_is_an_error() {
-    let (result, api) = review_against(Answer::Close).await;
+    let (result, mut api) = review_against(Answer::Close).await;
     let err = refusal(result, &api.url);
     assert!(matches!(err, TokenReviewError::Closed { .. }), "{err}");
     assert!(err.to_string().ends_with("closed the connection"), "{err}");
     // The request did arrive whole before the server hung up.
-    assert_eq!(
-        api.request.await.unwrap().json()["spec"]["token"],
-        WORKLOAD_TOKEN
-    );
+    assert_eq!(api.next_request().await.reviewed_token(), WORKLOAD_TOKEN);
 }
 
 #[tokio::test]
 async fn silent_server_times_out() {
-    let api = fake_api(Answer::Silent, None).await;
+    let mut api = fake_api(Answer::Silent, None).await;
     let started = Instant::now();
     // Bounded from outside too, so that a reviewer without a timeout fails instead of hanging.
     let result = tokio::time::timeout(
@@ -506,9 +364,8 @@ async fn silent_server_times_out() {
         "gave up only after {elapsed:?}"
     );
     // The reviewer left: the server saw its connection close.
-    tokio::time::timeout(Duration::from_secs(3), api.request)
+    tokio::time::timeout(Duration::from_secs(3), api.next_request())
         .await
-        .unwrap()
         .unwrap();
 }
 
