@@ -9,9 +9,14 @@
 
 pub mod policy;
 pub mod reconcile;
+pub mod rotation;
+pub mod simulate;
 pub mod store;
 
-pub use reconcile::{ClusterStatus, Outcome, TrustError, reconcile, status};
-pub use store::FolderStore;
+pub use reconcile::{
+    ClusterStatus, Outcome, Report, Status, TrustError, reconcile, start_root_rotation, status,
+};
+pub use rotation::{RotationPhase, RotationState};
+pub use store::{FolderStore, MemoryStore, SecretStore};
 
 pub use policy::{RootSource, TrustPolicy};

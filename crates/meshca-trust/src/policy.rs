@@ -50,6 +50,16 @@ struct Config {
     intermediate_cert_options: Option<IntermediateCertOptions>,
     auto_restart_pods: Option<bool>,
     passive_certificate_authorities: Option<Vec<SecretRefDoc>>,
+    /// meshca: when and how the root itself is rotated
+    root_rotation: Option<RootRotationDoc>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct RootRotationDoc {
+    grace_period_ratio: Option<f64>,
+    next_secret_ref: Option<SecretRefDoc>,
+    propagation_minutes: Option<i64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -86,7 +96,7 @@ struct IntermediateCertOptions {
 }
 
 /// A secret in the management cluster.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, Deserialize)]
 pub struct SecretRef {
     /// its name
     pub name: String,
@@ -104,6 +114,21 @@ pub enum RootSource {
     },
     /// A root, or an intermediate with its chain, given in a secret.
     SecretRef(SecretRef),
+}
+
+/// How the root is rotated: automatically before it expires, or when asked
+/// (`meshca trust rotate-root`), in three phases gated on what the store shows.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RootRotation {
+    /// Start automatically when less than this share of the root's life is left. Generated roots
+    /// default to 0.2 (as istiod rotates its self-signed root); a secretRef root only rotates
+    /// automatically when `next_secret` names where its successor is.
+    pub grace_ratio: Option<f64>,
+    /// The secret the operator puts the next root in (secretRef roots).
+    pub next_secret: Option<SecretRef>,
+    /// Allowance, on top of the longest workload lifetime, for a changed secret to reach every
+    /// CA server (the kubelet's sync period, the CA's reload).
+    pub propagation: time::Duration,
 }
 
 /// A checked policy.
@@ -129,6 +154,8 @@ pub struct TrustPolicy {
     pub passive: Vec<SecretRef>,
     /// Longest workload certificate lifetime, in hours.
     pub workload_ttl_hours: i64,
+    /// Root rotation settings.
+    pub root_rotation: RootRotation,
     /// Remarks for the user (fields that do not apply, risky but allowed values).
     pub notes: Vec<String>,
 }
@@ -185,6 +212,12 @@ impl TrustPolicy {
                     .to_owned(),
             );
         }
+        if cfg.root_rotation.is_some() && !meshca {
+            return Err(bad(format!(
+                "config.rootRotation is a {MESHCA_API_VERSION} field, not {GLOO_API_VERSION}"
+            )));
+        }
+        let rr = cfg.root_rotation.unwrap_or_default();
         let root = match cfg.mgmt_server_ca {
             None => RootSource::Generated { ttl_days: 3650 },
             Some(MgmtServerCa {
@@ -254,6 +287,41 @@ impl TrustPolicy {
                 "intermediates of {ttl_days} day(s) last less than 6 workload certificate lifetimes ({workload_ttl_hours} h); workloads will renew early near each rotation"
             ));
         }
+        if let Some(r) = rr.grace_period_ratio
+            && !(r > 0.0 && r < 1.0)
+        {
+            return Err(bad(format!(
+                "config.rootRotation.gracePeriodRatio must be between 0 and 1 (exclusive), got {r}"
+            )));
+        }
+        let propagation_minutes = rr.propagation_minutes.unwrap_or(10);
+        if propagation_minutes < 0 {
+            return Err(bad(format!(
+                "config.rootRotation.propagationMinutes must not be negative, got {propagation_minutes}"
+            )));
+        }
+        let next_secret = rr.next_secret_ref.map(|r| SecretRef {
+            name: r.name,
+            namespace: r.namespace.unwrap_or_else(|| "gloo-mesh".to_owned()),
+        });
+        if next_secret.is_some() && matches!(root, RootSource::Generated { .. }) {
+            return Err(bad(
+                "config.rootRotation.nextSecretRef applies to a mgmtServerCa.secretRef root; a generated root's successor is generated".to_owned(),
+            ));
+        }
+        let grace = match (&root, rr.grace_period_ratio, &next_secret) {
+            (RootSource::Generated { .. }, r, _) => Some(r.unwrap_or(0.2)),
+            (RootSource::SecretRef(_), Some(r), Some(_)) => Some(r),
+            (RootSource::SecretRef(_), Some(_), None) => {
+                return Err(bad("config.rootRotation.gracePeriodRatio on a secretRef root needs nextSecretRef: the secret its successor will be in".to_owned()));
+            }
+            (RootSource::SecretRef(_), None, _) => None,
+        };
+        let root_rotation = RootRotation {
+            grace_ratio: grace,
+            next_secret,
+            propagation: time::Duration::minutes(propagation_minutes),
+        };
         let passive = cfg
             .passive_certificate_authorities
             .unwrap_or_default()
@@ -280,6 +348,7 @@ impl TrustPolicy {
             clusters: doc.spec.clusters,
             passive,
             workload_ttl_hours,
+            root_rotation,
             notes,
         })
     }

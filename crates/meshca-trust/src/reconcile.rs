@@ -1,11 +1,14 @@
 //! The reconciler: for each cluster, a valid `cacerts` whose intermediate is signed by the
-//! policy's CA with the right chain and root; renewed when less than the grace ratio of its life
-//! is left (or when forced); left alone when fresh. Every new intermediate is proven, by signing
-//! a throwaway leaf that must verify against the bundle, before it is written. Everything that can
-//! be refused is refused before the first write.
+//! policy's CA with the right chain and root bundle; renewed when less than the grace ratio of
+//! its life is left (or when forced); left alone when fresh. During a root rotation the "right"
+//! signer and root bundle are the rotation phase's (see [`crate::rotation`]). Every new bundle is
+//! proven, by signing a throwaway leaf that must verify against it, before it is written, and
+//! everything that can be refused is refused before the first write.
 
 use meshca_pki::bundle::{BundleFiles, CA_CERT, CA_KEY, CERT_CHAIN, ROOT_CERT};
 use meshca_pki::cert::to_pem_bundle;
+use meshca_pki::describe::hex_colons;
+use meshca_pki::error::show_time;
 use meshca_pki::rotation::renew_at;
 use meshca_pki::{
     CaProfile, CaSigner, CacertsBundle, Certificate, KeyType, PkiError, PrivateKey, Subject,
@@ -14,8 +17,9 @@ use meshca_pki::{
 use meshca_store::StoreError;
 use time::{Duration, OffsetDateTime};
 
-use crate::policy::{RootSource, TrustPolicy};
-use crate::store::{FolderStore, SecretData};
+use crate::policy::{RootSource, SecretRef, TrustPolicy};
+use crate::rotation::{self, RotationPhase, RotationState, Step};
+use crate::store::{SecretData, SecretStore};
 
 /// Istio's namespace and secret name.
 pub const ISTIO_NAMESPACE: &str = "istio-system";
@@ -47,8 +51,27 @@ pub enum Outcome {
     Created,
     /// The intermediate was replaced; the reason says why.
     Rotated(String),
+    /// Only the root bundle changed (a root rotation adding or dropping a root); the
+    /// intermediate and its key were kept.
+    RootsUpdated,
     /// Fresh and correct: nothing written.
     Fresh,
+}
+
+/// What one reconcile did.
+#[derive(Clone, Debug, Default)]
+pub struct Report {
+    /// Each cluster in scope and what happened to it.
+    pub clusters: Vec<(String, Outcome)>,
+    /// What the root rotation did, in order ("started", "phase settled", "advanced", "finished").
+    pub rotation: Vec<String>,
+    /// When the root rotation next has something to do by time alone (a settled phase's wait ends).
+    pub rotation_due: Option<OffsetDateTime>,
+    /// When the next thing falls due: an intermediate's renewal, a rotation phase, the root's own
+    /// rotation. A manager that sleeps until then (or its resync interval) misses nothing.
+    pub next_check: Option<OffsetDateTime>,
+    /// Remarks: things a person should act on that are not errors.
+    pub notes: Vec<String>,
 }
 
 /// A cluster's state, for `meshca trust status`.
@@ -62,68 +85,199 @@ pub struct ClusterStatus {
     pub not_after: Option<String>,
     /// When it will be renewed.
     pub next_renewal: Option<String>,
+    /// Where this cluster is in a root rotation, if one is in progress.
+    pub rotation: Option<String>,
     /// Problems found; empty when healthy.
     pub problems: Vec<String>,
 }
 
-/// The policy's signing CA, loaded from the management cluster (made there if generated).
-struct PolicyCa {
+/// The whole picture, for `meshca trust status`.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct Status {
+    /// The root rotation in progress, if any.
+    pub rotation: Option<RotationStatus>,
+    /// Per cluster.
+    pub clusters: Vec<ClusterStatus>,
+}
+
+/// A root rotation's progress.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct RotationStatus {
+    /// "1/3 add-root" and so on.
+    pub phase: String,
+    /// What the phase does.
+    pub doing: String,
+    /// When the rotation started.
+    pub started_at: String,
+    /// When the store was seen to have finished the phase's writes.
+    pub settled_at: Option<String>,
+    /// SHA-256 of the root being replaced.
+    pub old_root: String,
+    /// SHA-256 of the new root.
+    pub new_root: String,
+}
+
+/// A CA that signs intermediates, loaded from a secret of the management cluster.
+pub(crate) struct PolicyCa {
     signer: CaSigner,
     /// The verified path from the signer to its root, both included.
     path: Vec<Certificate>,
-    /// The root bundle every cluster trusts (signing root plus passive roots).
+    /// The roots of the CA's own bundle.
     roots: Vec<Certificate>,
 }
 
-fn load_ca(
-    store: &FolderStore,
+impl PolicyCa {
+    fn root(&self) -> &Certificate {
+        // A verified path always ends at its root.
+        self.path.last().unwrap_or(self.signer.cert())
+    }
+}
+
+fn fingerprint(c: &Certificate) -> String {
+    hex_colons(&c.sha256_fingerprint())
+}
+
+/// Where the policy's CA lives in the management cluster.
+pub(crate) fn root_secret(policy: &TrustPolicy) -> SecretRef {
+    match &policy.root {
+        RootSource::SecretRef(r) => r.clone(),
+        RootSource::Generated { .. } => SecretRef {
+            namespace: policy.namespace.clone(),
+            name: format!("{}.root-ca", policy.name),
+        },
+    }
+}
+
+/// Where a generated root's successor is made.
+fn generated_next_secret(policy: &TrustPolicy) -> SecretRef {
+    SecretRef {
+        namespace: policy.namespace.clone(),
+        name: format!("{}.root-ca-next", policy.name),
+    }
+}
+
+/// Every secret a reconcile under `policy` may read: what a dry run copies.
+pub fn secrets_of(policy: &TrustPolicy, extra: Option<&SecretRef>) -> Vec<(String, String)> {
+    let mut out = vec![
+        (ISTIO_NAMESPACE.to_owned(), CACERTS.to_owned()),
+        (policy.namespace.clone(), rotation::state_secret(policy)),
+    ];
+    let root = root_secret(policy);
+    out.push((root.namespace, root.name));
+    let next = generated_next_secret(policy);
+    out.push((next.namespace, next.name));
+    for r in policy
+        .passive
+        .iter()
+        .chain(policy.root_rotation.next_secret.iter())
+        .chain(extra)
+    {
+        out.push((r.namespace.clone(), r.name.clone()));
+    }
+    out.sort();
+    out.dedup();
+    out
+}
+
+pub(crate) fn generate_root(
+    policy: &TrustPolicy,
+    ttl_days: i64,
+    where_: &str,
+    now: OffsetDateTime,
+) -> Result<SecretData, TrustError> {
+    let key = PrivateKey::generate(policy.key_type)?;
+    let (nb, na) = meshca_pki::profile::days_from(now, ttl_days, "mgmtServerCa.generated.ttlDays")?;
+    let cert = CaProfile {
+        subject: Subject {
+            organization: Some(policy.org_name.clone()),
+            common_name: Some("Root CA".into()),
+            locality: None,
+        },
+        not_before: nb,
+        not_after: na,
+        path_len: None,
+        dns_names: Vec::new(),
+    }
+    .self_signed(&key, &format!("{where_}/{CA_CERT}"))?;
+    let mut d = SecretData::new();
+    d.insert(CA_CERT.into(), cert.pem().into_bytes());
+    d.insert(CA_KEY.into(), key.to_pkcs8_pem().into_bytes());
+    d.insert(CERT_CHAIN.into(), cert.pem().into_bytes());
+    d.insert(ROOT_CERT.into(), cert.pem().into_bytes());
+    Ok(d)
+}
+
+fn ca_from_data(
+    data: &SecretData,
+    where_: &str,
+    now: OffsetDateTime,
+) -> Result<PolicyCa, TrustError> {
+    let bundle = CacertsBundle::from_files(data, where_, now)?;
+    let path = bundle.path().certs().to_vec();
+    let roots = bundle.roots().to_vec();
+    let key = PrivateKey::from_pem(
+        data.get(bundle.layout().key_file())
+            .map(Vec::as_slice)
+            .unwrap_or_default(),
+        &format!("{where_}/{}", bundle.layout().key_file()),
+    )?;
+    let signer = CaSigner::new(bundle.signer().cert().clone(), key, where_)?;
+    Ok(PolicyCa {
+        signer,
+        path,
+        roots,
+    })
+}
+
+/// The policy's current CA (made and kept in the management cluster if generated and missing).
+fn load_current(
+    store: &dyn SecretStore,
     policy: &TrustPolicy,
     mgmt: &str,
     now: OffsetDateTime,
 ) -> Result<PolicyCa, TrustError> {
-    let (ns, name) = match &policy.root {
-        RootSource::SecretRef(r) => (r.namespace.clone(), r.name.clone()),
-        RootSource::Generated { .. } => {
-            (policy.namespace.clone(), format!("{}.root-ca", policy.name))
-        }
-    };
-    let where_ = format!("{mgmt}/{ns}/{name}");
-    let data = store.read(mgmt, &ns, &name)?;
-    let data = match (data, &policy.root) {
+    let r = root_secret(policy);
+    let where_ = store.describe(mgmt, &r.namespace, &r.name);
+    let data = match (store.read(mgmt, &r.namespace, &r.name)?, &policy.root) {
         (Some(d), _) => d,
         (None, RootSource::SecretRef(_)) => {
             return Err(TrustError::Ca(format!(
-                "mgmtServerCa.secretRef: secret {where_} not found in the store"
+                "mgmtServerCa.secretRef: secret {mgmt}/{}/{} not found in the store",
+                r.namespace, r.name
             )));
         }
         (None, RootSource::Generated { ttl_days }) => {
-            let key = PrivateKey::generate(policy.key_type)?;
-            let (nb, na) =
-                meshca_pki::profile::days_from(now, *ttl_days, "mgmtServerCa.generated.ttlDays")?;
-            let cert = CaProfile {
-                subject: Subject {
-                    organization: Some(policy.org_name.clone()),
-                    common_name: Some("Root CA".into()),
-                    locality: None,
-                },
-                not_before: nb,
-                not_after: na,
-                path_len: None,
-                dns_names: Vec::new(),
-            }
-            .self_signed(&key, &format!("{where_}/{CA_CERT}"))?;
-            let mut d = SecretData::new();
-            d.insert(CA_CERT.into(), cert.pem().into_bytes());
-            d.insert(CA_KEY.into(), key.to_pkcs8_pem().into_bytes());
-            d.insert(CERT_CHAIN.into(), cert.pem().into_bytes());
-            d.insert(ROOT_CERT.into(), cert.pem().into_bytes());
-            store.write(mgmt, &ns, &name, &d)?;
+            let d = generate_root(policy, *ttl_days, &where_, now)?;
+            store.write(mgmt, &r.namespace, &r.name, &d)?;
             d
         }
     };
-    let bundle = CacertsBundle::from_files(&data, &where_, now)?;
-    let path = bundle.path().certs().to_vec();
-    let mut roots = bundle.roots().to_vec();
+    ca_from_data(&data, &where_, now)
+}
+
+fn load_secret_ca(
+    store: &dyn SecretStore,
+    mgmt: &str,
+    r: &SecretRef,
+    what: &str,
+    now: OffsetDateTime,
+) -> Result<PolicyCa, TrustError> {
+    let where_ = store.describe(mgmt, &r.namespace, &r.name);
+    let Some(data) = store.read(mgmt, &r.namespace, &r.name)? else {
+        return Err(TrustError::Ca(format!(
+            "{what}: secret {mgmt}/{}/{} not found in the store",
+            r.namespace, r.name
+        )));
+    };
+    ca_from_data(&data, &where_, now)
+}
+
+fn passive_roots(
+    store: &dyn SecretStore,
+    policy: &TrustPolicy,
+    mgmt: &str,
+) -> Result<Vec<Certificate>, TrustError> {
+    let mut roots = Vec::new();
     for p in &policy.passive {
         let Some(d) = store.read(mgmt, &p.namespace, &p.name)? else {
             return Err(TrustError::Ca(format!(
@@ -142,25 +296,57 @@ fn load_ca(
             }
         }
     }
-    let signer_cert = bundle.signer().cert().clone();
-    let key = PrivateKey::from_pem(
-        data.get(bundle.layout().key_file())
-            .map(Vec::as_slice)
-            .unwrap_or_default(),
-        &format!("{where_}/{}", bundle.layout().key_file()),
-    )?;
-    let signer = CaSigner::new(signer_cert, key, &where_)?;
-    Ok(PolicyCa {
-        signer,
-        path,
-        roots,
-    })
+    Ok(roots)
+}
+
+/// What every cluster's `cacerts` must be right now: who signs the intermediate, and the root bundle.
+struct Target<'a> {
+    ca: &'a PolicyCa,
+    roots: Vec<Certificate>,
+}
+
+fn union(parts: &[&[Certificate]]) -> Vec<Certificate> {
+    let mut out: Vec<Certificate> = Vec::new();
+    for part in parts {
+        for c in *part {
+            if !out.contains(c) {
+                out.push(c.clone());
+            }
+        }
+    }
+    out
+}
+
+fn target<'a>(
+    current: &'a PolicyCa,
+    next: Option<&'a PolicyCa>,
+    phase: Option<RotationPhase>,
+    passive: &[Certificate],
+) -> Target<'a> {
+    match (phase, next) {
+        (Some(RotationPhase::AddRoot), Some(n)) => Target {
+            ca: current,
+            roots: union(&[&current.roots, &n.roots, passive]),
+        },
+        (Some(RotationPhase::Reissue), Some(n)) => Target {
+            ca: n,
+            roots: union(&[&current.roots, &n.roots, passive]),
+        },
+        (Some(RotationPhase::DropRoot), Some(n)) => Target {
+            ca: n,
+            roots: union(&[&n.roots, passive]),
+        },
+        _ => Target {
+            ca: current,
+            roots: union(&[&current.roots, passive]),
+        },
+    }
 }
 
 /// The clusters a reconcile covers: `only` if given, else the policy's list, else every
 /// cluster folder but the management one.
 fn clusters(
-    store: &FolderStore,
+    store: &dyn SecretStore,
     policy: &TrustPolicy,
     mgmt: &str,
     only: &[String],
@@ -183,93 +369,311 @@ fn clusters(
     Ok(wanted)
 }
 
-/// Why a cluster's current `cacerts` needs replacing, or `None` when it is fresh and correct.
-fn needs_rotation(
-    current: Option<&SecretData>,
-    ca: &PolicyCa,
+/// What a cluster's current `cacerts` needs.
+#[derive(Debug)]
+enum Need {
+    /// Nothing; renew at the given time.
+    Fresh(OffsetDateTime),
+    /// Only the root bundle is not the target's.
+    Roots,
+    /// A new intermediate, for the reason given.
+    Reissue(String),
+}
+
+/// Whether a cluster's `cacerts` matches the target (signer and root bundle), ignoring when it
+/// falls due: what a rotation phase's gate asks.
+fn matches_target(
+    data: Option<&SecretData>,
+    t: &Target<'_>,
+    cluster: &str,
+    now: OffsetDateTime,
+) -> bool {
+    let Some(data) = data else { return false };
+    let where_ = format!("{cluster}/{ISTIO_NAMESPACE}/{CACERTS}");
+    match CacertsBundle::from_files(data, &where_, now) {
+        Ok(b) => {
+            b.signer()
+                .cert()
+                .check_signed_by(t.ca.signer.cert())
+                .is_ok()
+                && b.roots() == t.roots.as_slice()
+        }
+        Err(_) => false,
+    }
+}
+
+fn classify(
+    data: Option<&SecretData>,
+    t: &Target<'_>,
     policy: &TrustPolicy,
     cluster: &str,
     now: OffsetDateTime,
-) -> Option<String> {
-    let data = current?;
+) -> Need {
+    let Some(data) = data else {
+        return Need::Reissue("no cacerts".to_owned());
+    };
     let where_ = format!("{cluster}/{ISTIO_NAMESPACE}/{CACERTS}");
     let bundle = match CacertsBundle::from_files(data, &where_, now) {
         Ok(b) => b,
-        Err(e) => return Some(format!("invalid: {e}")),
+        Err(e) => return Need::Reissue(format!("invalid: {e}")),
     };
     let cert = bundle.signer().cert();
-    if cert.check_signed_by(ca.signer.cert()).is_err() {
-        return Some("not signed by the policy's CA".to_owned());
+    if cert.check_signed_by(t.ca.signer.cert()).is_err() {
+        return Need::Reissue("not signed by the policy's CA".to_owned());
     }
-    if bundle.roots() != ca.roots.as_slice() {
-        return Some("root bundle differs from the policy's".to_owned());
-    }
-    if now >= renew_at(cert.not_before(), cert.not_after(), policy.grace_ratio) {
-        return Some(format!(
+    let due = renew_at(cert.not_before(), cert.not_after(), policy.grace_ratio);
+    if now >= due {
+        return Need::Reissue(format!(
             "less than {:.0}% of its life left",
             policy.grace_ratio * 100.0
         ));
     }
-    None
+    if bundle.roots() != t.roots.as_slice() {
+        return Need::Roots;
+    }
+    Need::Fresh(due)
 }
 
 /// Reconciles once. `force` names clusters to rotate even when fresh (all if it holds "*").
+/// A root rotation in progress (or falling due under the policy) moves on as far as the store
+/// and the clock allow.
 pub fn reconcile(
-    store: &FolderStore,
+    store: &dyn SecretStore,
     policy: &TrustPolicy,
     mgmt: &str,
     only: &[String],
     force: &[String],
     now: OffsetDateTime,
-) -> Result<Vec<(String, Outcome)>, TrustError> {
-    let ca = load_ca(store, policy, mgmt, now)?;
-    let targets = clusters(store, policy, mgmt, only)?;
-    // Plan first: read every cluster and decide, so that refusals come before any write.
-    let (nb, na) =
-        meshca_pki::profile::days_from(now, policy.ttl_days, "intermediateCertOptions.ttlDays")?;
-    let ca_end = ca.signer.cert().not_after();
-    if na > ca_end {
+) -> Result<Report, TrustError> {
+    let mut report = Report::default();
+    let mut current = load_current(store, policy, mgmt, now)?;
+    let passive = passive_roots(store, policy, mgmt)?;
+    let mut state = rotation::load(store, policy, mgmt)?;
+    let in_scope = clusters(store, policy, mgmt, only)?;
+    let all = clusters(store, policy, mgmt, &[])?;
+    check_lifetime(policy, current.signer.cert())?;
+
+    if state.is_none()
+        && let Some(ratio) = policy.root_rotation.grace_ratio
+    {
+        let root = current.root();
+        let due = renew_at(root.not_before(), root.not_after(), ratio);
+        if now >= due {
+            match start_rotation_with(store, policy, mgmt, &current, None, "the root is due", now) {
+                Ok(s) => {
+                    report.rotation.push(format!(
+                        "root rotation started: less than {:.0}% of the root's life is left",
+                        ratio * 100.0
+                    ));
+                    state = Some(s);
+                }
+                Err(e) => report
+                    .notes
+                    .push(format!("the root is due for rotation, but: {e}")),
+            }
+        } else {
+            report.next_check = Some(due);
+        }
+    }
+
+    let mut outcomes: Vec<(String, Outcome)> = in_scope
+        .iter()
+        .map(|c| (c.clone(), Outcome::Fresh))
+        .collect();
+    let mut force_left: Vec<String> = force.to_vec();
+    // A pass per phase at most: start → add-root, drop-root → finish.
+    for _ in 0..4 {
+        let next = match &state {
+            Some(s) => Some(load_secret_ca(
+                store,
+                mgmt,
+                &s.next_secret,
+                "root rotation: the new root",
+                now,
+            )?),
+            None => None,
+        };
+        if let Some(n) = &next {
+            check_lifetime(policy, n.signer.cert())?;
+        }
+        let t = target(
+            &current,
+            next.as_ref(),
+            state.as_ref().map(|s| s.phase),
+            &passive,
+        );
+        let renewals = pass(
+            store,
+            policy,
+            &t,
+            &in_scope,
+            &force_left,
+            &mut outcomes,
+            now,
+        )?;
+        force_left.clear();
+        for due in renewals {
+            report.next_check = Some(report.next_check.map_or(due, |n| n.min(due)));
+        }
+        let Some(s) = state.clone() else { break };
+        // The gate reads the store back: the phase is done when every cluster shows it.
+        let mut settled = true;
+        for c in &all {
+            if !matches_target(
+                store.read(c, ISTIO_NAMESPACE, CACERTS)?.as_ref(),
+                &t,
+                c,
+                now,
+            ) {
+                settled = false;
+                break;
+            }
+        }
+        match rotation::step(&s, settled, policy, now)? {
+            Step::Wait(at) => {
+                report.rotation_due = at;
+                if let Some(at) = at {
+                    report.next_check = Some(report.next_check.map_or(at, |n| n.min(at)));
+                }
+                break;
+            }
+            Step::Changed(new) => {
+                rotation::save(store, policy, mgmt, Some(&new), None)?;
+                if new.phase != s.phase {
+                    report.rotation.push(format!(
+                        "phase {} started: {}",
+                        new.phase.label(),
+                        new.phase.describe()
+                    ));
+                } else if new.settled_at.is_some() {
+                    let at = rotation::parse_stamp(
+                        new.settled_at.as_deref().unwrap_or_default(),
+                        "settledAt",
+                    )? + rotation::settle_wait(policy);
+                    report.rotation.push(format!(
+                        "phase {} done in every cluster; the next phase starts at {}",
+                        s.phase.label(),
+                        show_time(at)
+                    ));
+                } else {
+                    report.rotation.push(format!(
+                        "phase {}: a cluster no longer shows it done; waiting again",
+                        s.phase.label()
+                    ));
+                }
+                state = Some(new);
+            }
+            Step::Finish => {
+                let Some(n) = next else { break };
+                let r = root_secret(policy);
+                let data = store
+                    .read(mgmt, &s.next_secret.namespace, &s.next_secret.name)?
+                    .unwrap_or_default();
+                if store.read(mgmt, &r.namespace, &r.name)?.as_ref() != Some(&data) {
+                    store.write(mgmt, &r.namespace, &r.name, &data)?;
+                }
+                rotation::save(store, policy, mgmt, None, Some(&rotation::stamp(now)))?;
+                report.rotation.push(format!(
+                    "root rotation finished: the root {} is the policy's root",
+                    n.root().subject()
+                ));
+                current = n;
+                state = None;
+            }
+        }
+    }
+    report.clusters = outcomes;
+    Ok(report)
+}
+
+/// Refuses intermediates that would outlive the CA that signs them even when fresh: a policy
+/// mistake, not a matter of time. (Near the CA's end they are cut short to its notAfter instead.)
+fn check_lifetime(policy: &TrustPolicy, ca: &Certificate) -> Result<(), TrustError> {
+    let life = ca.not_after() - ca.not_before();
+    if Duration::days(policy.ttl_days) > life {
         return Err(PkiError::OutlivesIssuer {
             child: "the clusters' intermediates".to_owned(),
-            issuer: "the policy's CA".to_owned(),
+            issuer: format!("the policy's CA {}", ca.subject()),
             field: "intermediateCertOptions.ttlDays".to_owned(),
-            child_not_after: na,
-            issuer_not_after: ca_end,
+            child_not_after: ca.not_before() + Duration::days(policy.ttl_days),
+            issuer_not_after: ca.not_after(),
         }
         .into());
     }
-    let mut plan = Vec::new();
-    for cluster in &targets {
+    Ok(())
+}
+
+/// One pass over the clusters against one target: plan (reading every cluster first, so that
+/// refusals come before any write), make and prove the new bundles, then write them. Returns the
+/// renewal times of every cluster left fresh or newly written.
+fn pass(
+    store: &dyn SecretStore,
+    policy: &TrustPolicy,
+    t: &Target<'_>,
+    in_scope: &[String],
+    force: &[String],
+    outcomes: &mut [(String, Outcome)],
+    now: OffsetDateTime,
+) -> Result<Vec<OffsetDateTime>, TrustError> {
+    let mut renewals = Vec::new();
+    let mut plan: Vec<(usize, Option<SecretData>, Need)> = Vec::new();
+    for (i, cluster) in in_scope.iter().enumerate() {
         let current = store.read(cluster, ISTIO_NAMESPACE, CACERTS)?;
         let forced = force.iter().any(|f| f == cluster || f == "*");
-        let outcome = match (
-            &current,
-            needs_rotation(current.as_ref(), &ca, policy, cluster, now),
-        ) {
-            (None, _) => Outcome::Created,
-            (Some(_), Some(reason)) => Outcome::Rotated(reason),
-            (Some(_), None) if forced => Outcome::Rotated("rotation requested".to_owned()),
-            (Some(_), None) => Outcome::Fresh,
+        let need = match classify(current.as_ref(), t, policy, cluster, now) {
+            Need::Fresh(_) | Need::Roots if forced => {
+                Need::Reissue("rotation requested".to_owned())
+            }
+            Need::Fresh(due) => {
+                renewals.push(due);
+                continue;
+            }
+            n => n,
         };
-        plan.push((cluster.clone(), outcome));
+        plan.push((i, current, need));
     }
-    let to_make: Vec<usize> = plan
+    let fresh_keys = plan
         .iter()
-        .enumerate()
-        .filter(|(_, (_, o))| *o != Outcome::Fresh)
-        .map(|(i, _)| i)
-        .collect();
-    let keys = generate_keys(policy.key_type, to_make.len())?;
-    let mut writes = Vec::new();
-    for (i, key) in to_make.iter().zip(keys) {
-        let cluster = &plan[*i].0;
-        let data = issue(&ca, policy, cluster, key, nb, na, now)?;
-        writes.push((cluster.clone(), data));
+        .filter(|(_, _, n)| matches!(n, Need::Reissue(_)))
+        .count();
+    let mut keys = generate_keys(policy.key_type, fresh_keys)?.into_iter();
+    let mut writes = Vec::with_capacity(plan.len());
+    for (i, current, need) in plan {
+        let cluster = &in_scope[i];
+        let (data, outcome) = match need {
+            Need::Roots => {
+                let mut data = current.unwrap_or_default();
+                data.insert(ROOT_CERT.into(), to_pem_bundle(&t.roots).into_bytes());
+                (data, Outcome::RootsUpdated)
+            }
+            Need::Reissue(reason) => {
+                let key = keys.next().ok_or_else(|| PkiError::Crypto {
+                    what: "key generation".into(),
+                    reason: "fewer keys than planned".into(),
+                })?;
+                let outcome = if current.is_none() {
+                    Outcome::Created
+                } else {
+                    Outcome::Rotated(reason)
+                };
+                (issue(t, policy, cluster, key, now)?, outcome)
+            }
+            Need::Fresh(_) => continue,
+        };
+        let bundle = prove(&data, cluster, now)?;
+        let c = bundle.signer().cert();
+        renewals.push(renew_at(c.not_before(), c.not_after(), policy.grace_ratio));
+        writes.push((i, data, outcome));
     }
-    for (cluster, data) in &writes {
-        store.write(cluster, ISTIO_NAMESPACE, CACERTS, data)?;
+    for (i, data, outcome) in writes {
+        store.write(&in_scope[i], ISTIO_NAMESPACE, CACERTS, &data)?;
+        outcomes[i].1 = match (&outcomes[i].1, outcome) {
+            // A later pass of the same reconcile keeps the first, more telling, outcome.
+            (Outcome::Created, _) => Outcome::Created,
+            (_, o) => o,
+        };
     }
-    Ok(plan)
+    Ok(renewals)
 }
 
 fn generate_keys(kt: KeyType, n: usize) -> Result<Vec<PrivateKey>, PkiError> {
@@ -308,16 +712,18 @@ fn generate_keys(kt: KeyType, n: usize) -> Result<Vec<PrivateKey>, PkiError> {
 }
 
 fn issue(
-    ca: &PolicyCa,
+    t: &Target<'_>,
     policy: &TrustPolicy,
     cluster: &str,
     key: PrivateKey,
-    nb: OffsetDateTime,
-    na: OffsetDateTime,
     now: OffsetDateTime,
 ) -> Result<SecretData, TrustError> {
     let where_ = format!("{cluster}/{ISTIO_NAMESPACE}/{CACERTS}");
-    let cert = ca.signer.issue_ca(
+    let (nb, na) =
+        meshca_pki::profile::days_from(now, policy.ttl_days, "intermediateCertOptions.ttlDays")?;
+    // Near the end of the CA's life an intermediate is cut short to it, as istiod cuts leaves.
+    let na = na.min(t.ca.signer.cert().not_after());
+    let cert = t.ca.signer.issue_ca(
         &CaProfile {
             subject: Subject {
                 organization: Some(policy.org_name.clone()),
@@ -332,24 +738,32 @@ fn issue(
         &key,
         &format!("{where_}/{CA_CERT}"),
     )?;
-    let roots_pem = to_pem_bundle(&ca.roots);
     // Intermediate first, then the signer's path up to and including its root, so that a
     // secretRef holding an intermediate ("multi-intermediate") keeps its chain.
-    let chain = cert.pem() + &to_pem_bundle(&ca.path);
+    let chain = cert.pem() + &to_pem_bundle(&t.ca.path);
     let mut data = BundleFiles::new();
     data.insert(CA_CERT.into(), cert.pem().into_bytes());
     data.insert(CA_KEY.into(), key.to_pkcs8_pem().into_bytes());
     data.insert(CERT_CHAIN.into(), chain.into_bytes());
-    data.insert(ROOT_CERT.into(), roots_pem.into_bytes());
-    // Prove before use: the bundle loads as istiod loads it, and a throwaway leaf it signs
-    // verifies against the root bundle.
-    let bundle = CacertsBundle::from_files(&data, &where_, now)?;
+    data.insert(ROOT_CERT.into(), to_pem_bundle(&t.roots).into_bytes());
+    Ok(data)
+}
+
+/// Proves a bundle before use: it loads as istiod loads it, and a throwaway leaf it signs
+/// verifies against its root bundle.
+fn prove(
+    data: &SecretData,
+    cluster: &str,
+    now: OffsetDateTime,
+) -> Result<CacertsBundle, TrustError> {
+    let where_ = format!("{cluster}/{ISTIO_NAMESPACE}/{CACERTS}");
+    let bundle = CacertsBundle::from_files(data, &where_, now)?;
     let probe_key = PrivateKey::generate(KeyType::EcdsaP256)?;
     let probe = bundle.signer().issue_workload(
         &WorkloadProfile {
             subject: Subject::default(),
             not_before: now - Duration::minutes(1),
-            not_after: now + Duration::minutes(5),
+            not_after: (now + Duration::minutes(5)).min(bundle.signer().cert().not_after()),
             uris: vec![format!(
                 "spiffe://cluster.local/ns/meshca-probe/sa/{cluster}"
             )],
@@ -363,18 +777,109 @@ fn issue(
     let mut inter = vec![bundle.signer().cert().clone()];
     inter.extend(bundle.intermediates().iter().cloned());
     verify_path(&probe, &inter, bundle.roots(), now)?;
-    Ok(data)
+    Ok(bundle)
 }
 
-/// Each cluster's state under `policy`.
+/// Starts a root rotation: the new CA is generated (generated roots) or read from `next`
+/// (secretRef roots: the secret the operator put the new root in), checked, and the state is
+/// persisted in phase 1. Nothing is written to any cluster yet: the next reconcile does that.
+pub fn start_root_rotation(
+    store: &dyn SecretStore,
+    policy: &TrustPolicy,
+    mgmt: &str,
+    next: Option<&SecretRef>,
+    now: OffsetDateTime,
+) -> Result<RotationState, TrustError> {
+    if let Some(s) = rotation::load(store, policy, mgmt)? {
+        return Err(TrustError::Ca(format!(
+            "a root rotation is already in progress (phase {}, started {})",
+            s.phase.label(),
+            s.started_at
+        )));
+    }
+    let current = load_current(store, policy, mgmt, now)?;
+    start_rotation_with(store, policy, mgmt, &current, next, "requested", now)
+}
+
+fn start_rotation_with(
+    store: &dyn SecretStore,
+    policy: &TrustPolicy,
+    mgmt: &str,
+    current: &PolicyCa,
+    next: Option<&SecretRef>,
+    reason: &str,
+    now: OffsetDateTime,
+) -> Result<RotationState, TrustError> {
+    let next_ref = match (
+        &policy.root,
+        next.or(policy.root_rotation.next_secret.as_ref()),
+    ) {
+        (_, Some(r)) => r.clone(),
+        (RootSource::Generated { ttl_days }, None) => {
+            let r = generated_next_secret(policy);
+            let where_ = store.describe(mgmt, &r.namespace, &r.name);
+            // A successor made by an earlier, interrupted start is taken up again.
+            let reusable = match store.read(mgmt, &r.namespace, &r.name)? {
+                Some(d) => ca_from_data(&d, &where_, now)
+                    .map(|ca| ca.root() != current.root())
+                    .unwrap_or(false),
+                None => false,
+            };
+            if !reusable {
+                let d = generate_root(policy, *ttl_days, &where_, now)?;
+                store.write(mgmt, &r.namespace, &r.name, &d)?;
+            }
+            r
+        }
+        (RootSource::SecretRef(_), None) => {
+            return Err(TrustError::Ca(
+                "root rotation: a mgmtServerCa.secretRef root needs the secret of its successor (--to-secret, or config.rootRotation.nextSecretRef)".to_owned(),
+            ));
+        }
+    };
+    let next_ca = load_secret_ca(store, mgmt, &next_ref, "root rotation: the new root", now)?;
+    if next_ca.root() == current.root() {
+        return Err(TrustError::Ca(format!(
+            "root rotation: secret {mgmt}/{}/{} holds the current root, not a new one",
+            next_ref.namespace, next_ref.name
+        )));
+    }
+    check_lifetime(policy, next_ca.signer.cert())?;
+    let state = RotationState {
+        phase: RotationPhase::AddRoot,
+        started_at: rotation::stamp(now),
+        reason: reason.to_owned(),
+        old_root: fingerprint(current.root()),
+        new_root: fingerprint(next_ca.root()),
+        next_secret: next_ref,
+        phase_since: rotation::stamp(now),
+        settled_at: None,
+    };
+    rotation::save(store, policy, mgmt, Some(&state), None)?;
+    Ok(state)
+}
+
+/// Each cluster's state under `policy`, and the root rotation's.
 pub fn status(
-    store: &FolderStore,
+    store: &dyn SecretStore,
     policy: &TrustPolicy,
     mgmt: &str,
     only: &[String],
     now: OffsetDateTime,
-) -> Result<Vec<ClusterStatus>, TrustError> {
-    let ca = load_ca(store, policy, mgmt, now).ok();
+) -> Result<Status, TrustError> {
+    let state = rotation::load(store, policy, mgmt)?;
+    let r = root_secret(policy);
+    let current = match store.read(mgmt, &r.namespace, &r.name)? {
+        Some(d) => ca_from_data(&d, &store.describe(mgmt, &r.namespace, &r.name), now).ok(),
+        None => None,
+    };
+    let next = state
+        .as_ref()
+        .and_then(|s| load_secret_ca(store, mgmt, &s.next_secret, "the new root", now).ok());
+    let passive = passive_roots(store, policy, mgmt).unwrap_or_default();
+    let t = current
+        .as_ref()
+        .map(|c| target(c, next.as_ref(), state.as_ref().map(|s| s.phase), &passive));
     let mut out = Vec::new();
     for cluster in clusters(store, policy, mgmt, only)? {
         let mut st = ClusterStatus {
@@ -382,9 +887,19 @@ pub fn status(
             serial: None,
             not_after: None,
             next_renewal: None,
+            rotation: None,
             problems: Vec::new(),
         };
-        match store.read(&cluster, ISTIO_NAMESPACE, CACERTS)? {
+        let data = store.read(&cluster, ISTIO_NAMESPACE, CACERTS)?;
+        if let (Some(s), Some(t)) = (&state, &t) {
+            let done = matches_target(data.as_ref(), t, &cluster, now);
+            st.rotation = Some(format!(
+                "{}: {}",
+                s.phase.label(),
+                if done { "done" } else { "pending" }
+            ));
+        }
+        match data {
             None => st.problems.push("no cacerts yet".into()),
             Some(data) => match CacertsBundle::from_files(
                 &data,
@@ -394,27 +909,133 @@ pub fn status(
                 Err(e) => st.problems.push(e.to_string()),
                 Ok(b) => {
                     let c = b.signer().cert();
-                    st.serial = Some(meshca_pki::describe::hex_colons(c.x509().raw_serial()));
-                    st.not_after = Some(meshca_pki::error::show_time(c.not_after()));
-                    st.next_renewal = Some(meshca_pki::error::show_time(renew_at(
+                    st.serial = Some(hex_colons(c.x509().raw_serial()));
+                    st.not_after = Some(show_time(c.not_after()));
+                    st.next_renewal = Some(show_time(renew_at(
                         c.not_before(),
                         c.not_after(),
                         policy.grace_ratio,
                     )));
-                    match &ca {
+                    match &t {
                         None => st.problems.push("the policy's CA cannot be loaded".into()),
-                        Some(ca) => {
-                            if let Some(reason) =
-                                needs_rotation(Some(&data), ca, policy, &cluster, now)
-                            {
-                                st.problems.push(format!("due for rotation: {reason}"));
+                        Some(t) => match classify(Some(&data), t, policy, &cluster, now) {
+                            Need::Fresh(_) => {}
+                            Need::Roots => st
+                                .problems
+                                .push("root bundle differs from the policy's".into()),
+                            Need::Reissue(reason) => {
+                                st.problems.push(format!("due for rotation: {reason}"))
                             }
-                        }
+                        },
                     }
                 }
             },
         }
         out.push(st);
+    }
+    let rotation = state.map(|s| RotationStatus {
+        phase: s.phase.label().to_owned(),
+        doing: s.phase.describe().to_owned(),
+        started_at: s.started_at,
+        settled_at: s.settled_at,
+        old_root: s.old_root,
+        new_root: s.new_root,
+    });
+    Ok(Status {
+        rotation,
+        clusters: out,
+    })
+}
+
+/// One step of a planned root rotation.
+#[derive(Clone, Debug)]
+pub struct PlanStep {
+    /// When the manager would take it, at the earliest.
+    pub at: OffsetDateTime,
+    /// What it would do to each cluster (fresh clusters left out).
+    pub clusters: Vec<(String, Outcome)>,
+    /// What it would do to the rotation.
+    pub rotation: Vec<String>,
+}
+
+/// The whole root rotation as the manager would carry it out, run on a copy of the store in
+/// memory with the clock moved to each phase's earliest time: nothing is written to `store`.
+/// The times assume the store settles as soon as it is written (one manager, no outside edits).
+pub fn plan_root_rotation(
+    store: &dyn SecretStore,
+    policy: &TrustPolicy,
+    mgmt: &str,
+    next: Option<&SecretRef>,
+    now: OffsetDateTime,
+) -> Result<Vec<PlanStep>, TrustError> {
+    let names = secrets_of(policy, next);
+    let pairs: Vec<(&str, &str)> = names
+        .iter()
+        .map(|(a, b)| (a.as_str(), b.as_str()))
+        .collect();
+    let copy = crate::store::MemoryStore::copy_of(store, &pairs)?;
+    let mut steps = Vec::new();
+    let state = start_root_rotation(&copy, policy, mgmt, next, now)?;
+    let mut at = now;
+    let mut started = vec![format!(
+        "root rotation started; phase {}: {}",
+        state.phase.label(),
+        state.phase.describe()
+    )];
+    for _ in 0..8 {
+        let report = reconcile(&copy, policy, mgmt, &[], &[], at)?;
+        let mut rotation = std::mem::take(&mut started);
+        rotation.extend(report.rotation);
+        steps.push(PlanStep {
+            at,
+            clusters: report
+                .clusters
+                .into_iter()
+                .filter(|(_, o)| *o != Outcome::Fresh)
+                .collect(),
+            rotation,
+        });
+        if rotation::load(&copy, policy, mgmt)?.is_none() {
+            return Ok(steps);
+        }
+        match report.rotation_due {
+            Some(due) if due > at => at = due,
+            _ => {
+                return Err(TrustError::Ca(format!(
+                    "root rotation plan: stuck in a phase at {} (a cluster does not take the new bundle)",
+                    show_time(at)
+                )));
+            }
+        }
+    }
+    Err(TrustError::Ca(
+        "root rotation plan: did not finish in 8 steps".to_owned(),
+    ))
+}
+
+/// A token that changes whenever anything a reconcile under `policy` reads changes: the cluster
+/// list, each cluster's `cacerts`, the management cluster's secrets. What `trust run` polls.
+pub fn store_fingerprint(
+    store: &dyn SecretStore,
+    policy: &TrustPolicy,
+    mgmt: &str,
+) -> Result<String, TrustError> {
+    let mut out = String::new();
+    let clusters = store.clusters()?;
+    for c in &clusters {
+        out.push_str(c);
+        out.push('=');
+        if c == mgmt {
+            for (ns, name) in secrets_of(policy, None) {
+                if let Some(v) = store.version(c, &ns, &name)? {
+                    out.push_str(&v);
+                }
+                out.push(',');
+            }
+        } else if let Some(v) = store.version(c, ISTIO_NAMESPACE, CACERTS)? {
+            out.push_str(&v);
+        }
+        out.push(';');
     }
     Ok(out)
 }

@@ -1,3 +1,6 @@
+//! Where clusters' secrets live. [`SecretStore`] is what the reconciler needs of a store; the
+//! folder store is the default, and [`MemoryStore`] serves the simulator and dry runs.
+//!
 //! The folder store: `<root>/<cluster>/<namespace>/<secret>/<key>`, the layout a Kubernetes
 //! secret volume has, so `meshca serve --cacerts <root>/cluster1/istio-system/cacerts` reads what
 //! the reconciler writes. A secret is replaced whole, as the kubelet does it: the keys are written
@@ -8,6 +11,7 @@ use std::collections::BTreeMap;
 use std::fs;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, symlink};
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use meshca_store::StoreError;
@@ -19,6 +23,162 @@ pub type SecretData = BTreeMap<String, Vec<u8>>;
 const PRIVATE_KEYS: &[&str] = &["ca-key.pem", "tls.key", "key.pem", "root-key.pem"];
 
 static COUNTER: AtomicU64 = AtomicU64::new(0);
+
+/// What the reconciler needs of a store: clusters, and secrets read and replaced whole.
+pub trait SecretStore: Send + Sync {
+    /// Cluster names, sorted.
+    fn clusters(&self) -> Result<Vec<String>, StoreError>;
+    /// Reads a secret; `None` if it does not exist.
+    fn read(
+        &self,
+        cluster: &str,
+        namespace: &str,
+        name: &str,
+    ) -> Result<Option<SecretData>, StoreError>;
+    /// Replaces a secret whole: a reader sees the old data or the new, never a mix.
+    fn write(
+        &self,
+        cluster: &str,
+        namespace: &str,
+        name: &str,
+        data: &SecretData,
+    ) -> Result<(), StoreError>;
+    /// Where a secret is, for messages.
+    fn describe(&self, cluster: &str, namespace: &str, name: &str) -> String {
+        format!("{cluster}/{namespace}/{name}")
+    }
+    /// A cheap token that changes whenever the secret does: what a watching manager polls.
+    fn version(
+        &self,
+        cluster: &str,
+        namespace: &str,
+        name: &str,
+    ) -> Result<Option<String>, StoreError> {
+        use std::hash::{Hash, Hasher};
+        Ok(self.read(cluster, namespace, name)?.map(|d| {
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            d.hash(&mut h);
+            format!("{:016x}", h.finish())
+        }))
+    }
+}
+
+type SecretKey = (String, String, String);
+
+/// Secrets in memory: the simulator's store, and the overlay of a dry run.
+#[derive(Debug, Default)]
+pub struct MemoryStore {
+    clusters: Mutex<Vec<String>>,
+    secrets: Mutex<BTreeMap<SecretKey, SecretData>>,
+    writes: AtomicU64,
+    crashes: Mutex<Vec<u64>>,
+}
+
+impl MemoryStore {
+    /// An empty store with these (empty) clusters.
+    pub fn with_clusters<S: AsRef<str>>(clusters: &[S]) -> Self {
+        let mut names: Vec<String> = clusters.iter().map(|c| c.as_ref().to_owned()).collect();
+        names.sort();
+        names.dedup();
+        MemoryStore {
+            clusters: Mutex::new(names),
+            ..Default::default()
+        }
+    }
+
+    /// A copy of every secret of `other`'s clusters: the starting point of a dry run.
+    pub fn copy_of(
+        other: &dyn SecretStore,
+        namespaces: &[(&str, &str)],
+    ) -> Result<Self, StoreError> {
+        let clusters = other.clusters()?;
+        let me = MemoryStore::with_clusters(&clusters);
+        for c in &clusters {
+            for (ns, name) in namespaces {
+                if let Some(d) = other.read(c, ns, name)? {
+                    me.write(c, ns, name, &d)?;
+                }
+            }
+        }
+        me.writes.store(0, Ordering::Relaxed);
+        Ok(me)
+    }
+
+    /// How many writes this store has taken.
+    pub fn writes(&self) -> u64 {
+        self.writes.load(Ordering::Relaxed)
+    }
+
+    /// Makes the writes with these numbers (counting from 0, as [`MemoryStore::writes`] counts)
+    /// fail as if the manager had been killed just before them: what kill-and-resume tests use.
+    /// Each fails once; the write counter does not move for a failed write.
+    pub fn crash_at_writes(&self, numbers: impl IntoIterator<Item = u64>) {
+        self.crashes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .extend(numbers);
+    }
+
+    fn lock_secrets(&self) -> std::sync::MutexGuard<'_, BTreeMap<SecretKey, SecretData>> {
+        // A panic while holding the lock cannot leave a half-written map: every write is one insert.
+        self.secrets.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+impl SecretStore for MemoryStore {
+    fn clusters(&self) -> Result<Vec<String>, StoreError> {
+        Ok(self
+            .clusters
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone())
+    }
+
+    fn read(
+        &self,
+        cluster: &str,
+        namespace: &str,
+        name: &str,
+    ) -> Result<Option<SecretData>, StoreError> {
+        Ok(self
+            .lock_secrets()
+            .get(&(cluster.to_owned(), namespace.to_owned(), name.to_owned()))
+            .cloned())
+    }
+
+    fn write(
+        &self,
+        cluster: &str,
+        namespace: &str,
+        name: &str,
+        data: &SecretData,
+    ) -> Result<(), StoreError> {
+        {
+            let n = self.writes.load(Ordering::Relaxed);
+            let mut crashes = self.crashes.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(i) = crashes.iter().position(|c| *c == n) {
+                crashes.swap_remove(i);
+                return Err(StoreError::Conflict {
+                    path: PathBuf::from(format!("{cluster}/{namespace}/{name}")),
+                    reason: format!("simulated crash before write {n}"),
+                });
+            }
+        }
+        {
+            let mut cs = self.clusters.lock().unwrap_or_else(|p| p.into_inner());
+            if !cs.iter().any(|c| c == cluster) {
+                cs.push(cluster.to_owned());
+                cs.sort();
+            }
+        }
+        self.lock_secrets().insert(
+            (cluster.to_owned(), namespace.to_owned(), name.to_owned()),
+            data.clone(),
+        );
+        self.writes.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+}
 
 /// Clusters as folders under one root.
 #[derive(Clone, Debug)]
@@ -44,9 +204,11 @@ impl FolderStore {
     pub fn secret_dir(&self, cluster: &str, namespace: &str, name: &str) -> PathBuf {
         self.root.join(cluster).join(namespace).join(name)
     }
+}
 
+impl SecretStore for FolderStore {
     /// Cluster names: the folders directly under the root, sorted.
-    pub fn clusters(&self) -> Result<Vec<String>, StoreError> {
+    fn clusters(&self) -> Result<Vec<String>, StoreError> {
         let mut out = Vec::new();
         for e in fs::read_dir(&self.root).map_err(io(&self.root, "cannot list"))? {
             let e = e.map_err(io(&self.root, "cannot list"))?;
@@ -59,8 +221,7 @@ impl FolderStore {
         Ok(out)
     }
 
-    /// Reads a secret; `None` if it does not exist.
-    pub fn read(
+    fn read(
         &self,
         cluster: &str,
         namespace: &str,
@@ -86,7 +247,7 @@ impl FolderStore {
     }
 
     /// Replaces a secret whole with `data` by a `..data` symlink swap.
-    pub fn write(
+    fn write(
         &self,
         cluster: &str,
         namespace: &str,
@@ -159,6 +320,34 @@ impl FolderStore {
             let _ = fs::remove_dir_all(dir.join(old));
         }
         Ok(())
+    }
+
+    fn describe(&self, cluster: &str, namespace: &str, name: &str) -> String {
+        self.secret_dir(cluster, namespace, name)
+            .display()
+            .to_string()
+    }
+
+    /// The `..data` link's target: every write swaps it. Folders made by hand, without the
+    /// link, fall back to hashing the contents.
+    fn version(
+        &self,
+        cluster: &str,
+        namespace: &str,
+        name: &str,
+    ) -> Result<Option<String>, StoreError> {
+        let dir = self.secret_dir(cluster, namespace, name);
+        match fs::read_link(dir.join("..data")) {
+            Ok(target) => Ok(Some(target.to_string_lossy().into_owned())),
+            Err(_) => {
+                use std::hash::{Hash, Hasher};
+                Ok(self.read(cluster, namespace, name)?.map(|d| {
+                    let mut h = std::collections::hash_map::DefaultHasher::new();
+                    d.hash(&mut h);
+                    format!("{:016x}", h.finish())
+                }))
+            }
+        }
     }
 }
 

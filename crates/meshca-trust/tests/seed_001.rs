@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use meshca_pki::{CacertsBundle, Certificate};
-use meshca_trust::{FolderStore, Outcome, TrustPolicy, reconcile, status};
+use meshca_trust::{FolderStore, Outcome, SecretStore, TrustPolicy, reconcile, status};
 use time::{Duration, OffsetDateTime};
 
 const SEED_POLICY: &str = "apiVersion: admin.gloo.solo.io/v2
@@ -109,7 +109,9 @@ fn every_cluster_gets_cacerts_under_one_root_and_fresh_ones_are_left_alone() {
     let store = seed_store(&store_dir, false);
     let policy = TrustPolicy::from_yaml(SEED_POLICY, "policy.yaml").unwrap();
     let now = OffsetDateTime::now_utc();
-    let out = reconcile(&store, &policy, "mgmt", &[], &[], now).unwrap();
+    let out = reconcile(&store, &policy, "mgmt", &[], &[], now)
+        .unwrap()
+        .clusters;
     assert_eq!(
         out,
         [
@@ -138,7 +140,9 @@ fn every_cluster_gets_cacerts_under_one_root_and_fresh_ones_are_left_alone() {
     }
     // A second pass writes nothing.
     let before = snapshot(&store_dir);
-    let out = reconcile(&store, &policy, "mgmt", &[], &[], now + Duration::hours(1)).unwrap();
+    let out = reconcile(&store, &policy, "mgmt", &[], &[], now + Duration::hours(1))
+        .unwrap()
+        .clusters;
     assert!(out.iter().all(|(_, o)| *o == Outcome::Fresh), "{out:?}");
     assert_eq!(snapshot(&store_dir), before, "no churn");
 
@@ -151,13 +155,16 @@ fn every_cluster_gets_cacerts_under_one_root_and_fresh_ones_are_left_alone() {
         &["cluster1".to_owned()],
         now + Duration::hours(1),
     )
-    .unwrap();
+    .unwrap()
+    .clusters;
     assert_eq!(out[0].1, Outcome::Rotated("rotation requested".into()));
     assert_eq!(out[1].1, Outcome::Fresh);
 
     // Past 90% of the day: both rotate, and the status says when the next renewal is.
     let later = now + Duration::hours(22);
-    let st = status(&store, &policy, "mgmt", &[], later).unwrap();
+    let st = status(&store, &policy, "mgmt", &[], later)
+        .unwrap()
+        .clusters;
     assert!(
         st[1]
             .problems
@@ -165,14 +172,18 @@ fn every_cluster_gets_cacerts_under_one_root_and_fresh_ones_are_left_alone() {
             .any(|p| p.contains("due for rotation")),
         "{st:?}"
     );
-    let out = reconcile(&store, &policy, "mgmt", &[], &[], later).unwrap();
+    let out = reconcile(&store, &policy, "mgmt", &[], &[], later)
+        .unwrap()
+        .clusters;
     // cluster1 was rotated an hour in, so it is not due yet; cluster2 is.
     assert_eq!(out[0].1, Outcome::Fresh, "{out:?}");
     assert!(
         matches!(&out[1].1, Outcome::Rotated(r) if r.contains("life left")),
         "{out:?}"
     );
-    let st = status(&store, &policy, "mgmt", &[], later).unwrap();
+    let st = status(&store, &policy, "mgmt", &[], later)
+        .unwrap()
+        .clusters;
     assert!(st.iter().all(|s| s.problems.is_empty()), "{st:?}");
 }
 
