@@ -1,22 +1,35 @@
-//! `meshca trust`: apply a root trust policy to the clusters of a store.
+//! `meshca trust`: apply a root trust policy to the clusters of a store, keep it applied, rotate
+//! the root, and simulate years of it.
 
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration as StdDuration;
 
-use meshca_trust::{FolderStore, Outcome, TrustPolicy};
+use meshca_trust::policy::SecretRef;
+use meshca_trust::reconcile::{PlanStep, plan_root_rotation, store_fingerprint};
+use meshca_trust::simulate::{SimConfig, simulate};
+use meshca_trust::{FolderStore, Outcome, Report, TrustPolicy};
+use time::OffsetDateTime;
 
 use crate::Output;
+use crate::cmd_serve::parse_duration;
 
 /// Managed intermediate CAs for every cluster, from one RootTrustPolicy.
 #[derive(clap::Subcommand)]
 pub enum Command {
     /// Reconcile once: every cluster gets a valid, fresh cacerts signed by the policy's CA.
     Apply(Common),
+    /// Keep reconciling, on a timer and whenever the store or the policy changes, until stopped.
+    Run(RunArgs),
     /// Rotate intermediates now, fresh or not (all clusters, or --cluster).
     RotateIntermediates(Common),
-    /// Per cluster: intermediate serial, expiry, next renewal, problems.
+    /// Start a root rotation: add the new root everywhere, re-issue, drop the old root.
+    RotateRoot(RotateRootArgs),
+    /// Per cluster: intermediate serial, expiry, next renewal, rotation phase, problems.
     Status(StatusArgs),
+    /// Run the manager on a simulated clock with simulated workloads and count broken moments.
+    Simulate(SimulateArgs),
 }
 
 #[derive(clap::Args)]
@@ -36,6 +49,31 @@ pub struct Common {
 }
 
 #[derive(clap::Args)]
+pub struct RunArgs {
+    #[command(flatten)]
+    common: Common,
+    /// Reconcile at least this often, even when nothing changed and nothing falls due.
+    #[arg(long, default_value = "5m", value_parser = parse_duration)]
+    resync: time::Duration,
+    /// How often to look at the store and the policy file for changes.
+    #[arg(long, default_value = "2s", value_parser = parse_duration)]
+    poll: time::Duration,
+}
+
+#[derive(clap::Args)]
+pub struct RotateRootArgs {
+    #[command(flatten)]
+    common: Common,
+    /// For a secretRef root: the secret in the management cluster holding the new root
+    /// (NAME or NAMESPACE/NAME; the namespace defaults to gloo-mesh).
+    #[arg(long)]
+    to_secret: Option<String>,
+    /// Print the plan, phase by phase with its earliest times, and write nothing.
+    #[arg(long)]
+    dry_run: bool,
+}
+
+#[derive(clap::Args)]
 pub struct StatusArgs {
     #[command(flatten)]
     common: Common,
@@ -44,17 +82,60 @@ pub struct StatusArgs {
     output: Output,
 }
 
+#[derive(clap::Args)]
+pub struct SimulateArgs {
+    /// The RootTrustPolicy YAML.
+    #[arg(long)]
+    policy: PathBuf,
+    /// Simulated days.
+    #[arg(long, default_value_t = 730)]
+    days: i64,
+    /// Workload clusters.
+    #[arg(long, default_value_t = 3)]
+    clusters: usize,
+    /// Workloads per cluster.
+    #[arg(long, default_value_t = 2)]
+    workloads: usize,
+    /// The manager's resync timer.
+    #[arg(long, default_value = "1h", value_parser = parse_duration)]
+    resync: time::Duration,
+    /// Start a root rotation after this long (default: when the policy rotates it, else a third in).
+    #[arg(long, value_parser = parse_duration)]
+    rotate_root_after: Option<time::Duration>,
+    /// Keep the policy's key type (RSA keys make a long run slow; timing does not depend on it).
+    #[arg(long)]
+    policy_keys: bool,
+    /// Output format.
+    #[arg(short = 'o', long = "output", value_enum, default_value = "text")]
+    output: Output,
+}
+
+fn read_policy(path: &std::path::Path) -> anyhow::Result<TrustPolicy> {
+    let shown = path.display().to_string();
+    let text =
+        std::fs::read_to_string(path).map_err(|e| anyhow::anyhow!("{shown}: cannot read: {e}"))?;
+    Ok(TrustPolicy::from_yaml(&text, &shown)?)
+}
+
 fn load(c: &Common) -> anyhow::Result<(TrustPolicy, FolderStore)> {
-    let shown = c.policy.display().to_string();
-    let text = std::fs::read_to_string(&c.policy)
-        .map_err(|e| anyhow::anyhow!("{shown}: cannot read: {e}"))?;
-    let policy = TrustPolicy::from_yaml(&text, &shown)?;
+    let policy = read_policy(&c.policy)?;
     let store = FolderStore::open(&c.store)?;
     Ok((policy, store))
 }
 
+fn parse_secret(s: &str) -> anyhow::Result<SecretRef> {
+    let (namespace, name) = match s.split_once('/') {
+        Some((ns, n)) => (ns.to_owned(), n.to_owned()),
+        None => ("gloo-mesh".to_owned(), s.to_owned()),
+    };
+    if name.is_empty() || namespace.is_empty() || name.contains('/') {
+        anyhow::bail!("--to-secret {s:?}: expected NAME or NAMESPACE/NAME");
+    }
+    Ok(SecretRef { name, namespace })
+}
+
 pub fn run(cmd: Command) -> anyhow::Result<ExitCode> {
-    let now = time::OffsetDateTime::now_utc();
+    let now = OffsetDateTime::now_utc();
     let mut out = std::io::stdout().lock();
     match cmd {
         Command::Apply(c) => apply(&c, &[], now, &mut out),
@@ -66,72 +147,347 @@ pub fn run(cmd: Command) -> anyhow::Result<ExitCode> {
             };
             apply(&c, &force, now, &mut out)
         }
-        Command::Status(s) => {
-            let (policy, store) = load(&s.common)?;
-            let st = meshca_trust::status(
-                &store,
-                &policy,
-                &s.common.mgmt_cluster,
-                &s.common.clusters,
-                now,
-            )?;
-            match s.output {
-                Output::Json => writeln!(out, "{}", serde_json::to_string_pretty(&st)?)?,
-                Output::Text => {
-                    writeln!(
-                        out,
-                        "{:<16} {:<24} {:<22} {:<22} PROBLEMS",
-                        "CLUSTER", "SERIAL", "NOT AFTER", "NEXT RENEWAL"
-                    )?;
-                    for c in &st {
-                        let serial = c
-                            .serial
-                            .as_deref()
-                            .map(|s| s.chars().take(23).collect::<String>())
-                            .unwrap_or_else(|| "-".into());
-                        writeln!(
-                            out,
-                            "{:<16} {:<24} {:<22} {:<22} {}",
-                            c.cluster,
-                            serial,
-                            c.not_after.as_deref().unwrap_or("-"),
-                            c.next_renewal.as_deref().unwrap_or("-"),
-                            if c.problems.is_empty() {
-                                "-".to_owned()
-                            } else {
-                                c.problems.join("; ")
-                            }
-                        )?;
-                    }
-                }
-            }
-            Ok(if st.iter().all(|c| c.problems.is_empty()) {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::FAILURE
-            })
+        Command::RotateRoot(a) => rotate_root(&a, now, &mut out),
+        Command::Status(s) => status(&s, now, &mut out),
+        Command::Simulate(s) => simulate_cmd(&s, now, &mut out),
+        Command::Run(r) => {
+            drop(out);
+            run_loop(&r)
         }
     }
+}
+
+fn print_report(out: &mut impl Write, r: &Report) -> std::io::Result<()> {
+    for n in &r.notes {
+        writeln!(out, "note: {n}")?;
+    }
+    for (cluster, o) in &r.clusters {
+        match o {
+            Outcome::Created => writeln!(out, "{cluster}: cacerts created")?,
+            Outcome::Rotated(why) => writeln!(out, "{cluster}: intermediate rotated ({why})")?,
+            Outcome::RootsUpdated => writeln!(out, "{cluster}: root bundle updated")?,
+            Outcome::Fresh => writeln!(out, "{cluster}: fresh, nothing to do")?,
+        }
+    }
+    for e in &r.rotation {
+        writeln!(out, "rotation: {e}")?;
+    }
+    Ok(())
 }
 
 fn apply(
     c: &Common,
     force: &[String],
-    now: time::OffsetDateTime,
+    now: OffsetDateTime,
     out: &mut impl Write,
 ) -> anyhow::Result<ExitCode> {
     let (policy, store) = load(c)?;
     for n in &policy.notes {
         writeln!(out, "note: {n}")?;
     }
-    let results =
+    let report =
         meshca_trust::reconcile(&store, &policy, &c.mgmt_cluster, &c.clusters, force, now)?;
-    for (cluster, o) in results {
-        match o {
-            Outcome::Created => writeln!(out, "{cluster}: cacerts created")?,
-            Outcome::Rotated(why) => writeln!(out, "{cluster}: intermediate rotated ({why})")?,
-            Outcome::Fresh => writeln!(out, "{cluster}: fresh, nothing to do")?,
-        }
+    print_report(out, &report)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn rotate_root(
+    a: &RotateRootArgs,
+    now: OffsetDateTime,
+    out: &mut impl Write,
+) -> anyhow::Result<ExitCode> {
+    let (policy, store) = load(&a.common)?;
+    let next = a.to_secret.as_deref().map(parse_secret).transpose()?;
+    let mgmt = &a.common.mgmt_cluster;
+    if a.dry_run {
+        let steps = plan_root_rotation(&store, &policy, mgmt, next.as_ref(), now)?;
+        writeln!(out, "root rotation plan (dry run: nothing written)")?;
+        print_plan(out, &steps, now)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    let state = meshca_trust::start_root_rotation(&store, &policy, mgmt, next.as_ref(), now)?;
+    writeln!(
+        out,
+        "root rotation started: new root {} (secret {}/{}), phase {}",
+        state.new_root,
+        state.next_secret.namespace,
+        state.next_secret.name,
+        state.phase.label()
+    )?;
+    let report = meshca_trust::reconcile(&store, &policy, mgmt, &a.common.clusters, &[], now)?;
+    print_report(out, &report)?;
+    if let Some(at) = report.rotation_due {
+        writeln!(
+            out,
+            "the next phase can start at {} (meshca trust run carries it on; or run meshca trust apply then)",
+            meshca_pki::error::show_time(at)
+        )?;
     }
     Ok(ExitCode::SUCCESS)
+}
+
+fn print_plan(
+    out: &mut impl Write,
+    steps: &[PlanStep],
+    now: OffsetDateTime,
+) -> std::io::Result<()> {
+    for s in steps {
+        let after = s.at - now;
+        let when = if after.is_zero() {
+            "now".to_owned()
+        } else {
+            format!(
+                "+{}h{:02}m",
+                after.whole_hours(),
+                after.whole_minutes() % 60
+            )
+        };
+        writeln!(out, "{when:>10}  ({})", meshca_pki::error::show_time(s.at))?;
+        for e in &s.rotation {
+            writeln!(out, "            {e}")?;
+        }
+        let mut by_kind: std::collections::BTreeMap<String, Vec<&str>> = Default::default();
+        for (c, o) in &s.clusters {
+            let k = match o {
+                Outcome::Created => "cacerts created".to_owned(),
+                Outcome::Rotated(_) => "intermediate re-issued".to_owned(),
+                Outcome::RootsUpdated => "root bundle updated".to_owned(),
+                Outcome::Fresh => continue,
+            };
+            by_kind.entry(k).or_default().push(c);
+        }
+        for (k, cs) in by_kind {
+            writeln!(out, "            {k}: {}", cs.join(", "))?;
+        }
+    }
+    Ok(())
+}
+
+fn status(s: &StatusArgs, now: OffsetDateTime, out: &mut impl Write) -> anyhow::Result<ExitCode> {
+    let (policy, store) = load(&s.common)?;
+    let st = meshca_trust::status(
+        &store,
+        &policy,
+        &s.common.mgmt_cluster,
+        &s.common.clusters,
+        now,
+    )?;
+    match s.output {
+        Output::Json => writeln!(out, "{}", serde_json::to_string_pretty(&st)?)?,
+        Output::Text => {
+            if let Some(r) = &st.rotation {
+                writeln!(
+                    out,
+                    "root rotation in progress: phase {} ({}), started {}{}",
+                    r.phase,
+                    r.doing,
+                    r.started_at,
+                    r.settled_at
+                        .as_deref()
+                        .map(|s| format!(", phase done everywhere since {s}"))
+                        .unwrap_or_default()
+                )?;
+            }
+            writeln!(
+                out,
+                "{:<16} {:<24} {:<22} {:<22} {:<20} PROBLEMS",
+                "CLUSTER", "SERIAL", "NOT AFTER", "NEXT RENEWAL", "ROTATION"
+            )?;
+            for c in &st.clusters {
+                let serial = c
+                    .serial
+                    .as_deref()
+                    .map(|s| s.chars().take(23).collect::<String>())
+                    .unwrap_or_else(|| "-".into());
+                writeln!(
+                    out,
+                    "{:<16} {:<24} {:<22} {:<22} {:<20} {}",
+                    c.cluster,
+                    serial,
+                    c.not_after.as_deref().unwrap_or("-"),
+                    c.next_renewal.as_deref().unwrap_or("-"),
+                    c.rotation.as_deref().unwrap_or("-"),
+                    if c.problems.is_empty() {
+                        "-".to_owned()
+                    } else {
+                        c.problems.join("; ")
+                    }
+                )?;
+            }
+        }
+    }
+    Ok(if st.clusters.iter().all(|c| c.problems.is_empty()) {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+fn simulate_cmd(
+    s: &SimulateArgs,
+    now: OffsetDateTime,
+    out: &mut impl Write,
+) -> anyhow::Result<ExitCode> {
+    let policy = read_policy(&s.policy)?;
+    if s.days < 1 || s.clusters < 2 || s.workloads < 1 {
+        anyhow::bail!(
+            "simulate: --days must be at least 1, --clusters at least 2, --workloads at least 1"
+        );
+    }
+    let cfg = SimConfig {
+        days: s.days,
+        clusters: s.clusters,
+        workloads: s.workloads,
+        resync: s.resync,
+        renew_ratio: 0.5,
+        rotate_root_after: s.rotate_root_after,
+        fast_keys: !s.policy_keys,
+        ..SimConfig::default()
+    };
+    let started = std::time::Instant::now();
+    let r = simulate(&policy, &cfg, now)?;
+    match s.output {
+        Output::Json => writeln!(out, "{}", serde_json::to_string_pretty(&r)?)?,
+        Output::Text => {
+            for e in &r.events {
+                writeln!(out, "{e}")?;
+            }
+            writeln!(
+                out,
+                "simulated {} days, {} clusters x {} workloads in {:.1}s: {} reconciles, {} intermediates issued, {} root bundle updates, {} root rotation(s) started and {} finished, {} workload certificates",
+                r.days,
+                r.clusters,
+                r.workloads_per_cluster,
+                started.elapsed().as_secs_f64(),
+                r.reconciles,
+                r.intermediates_issued,
+                r.root_bundle_updates,
+                r.root_rotations_started,
+                r.root_rotations_finished,
+                r.workload_certs
+            )?;
+            writeln!(
+                out,
+                "moments at which a workload could not verify a workload of another cluster: {} (of {} checked){}",
+                r.failure_moments,
+                r.moments_checked,
+                r.first_failure
+                    .as_deref()
+                    .map(|f| format!("; first: {f}"))
+                    .unwrap_or_default()
+            )?;
+        }
+    }
+    Ok(if r.failure_moments == 0 && r.manager_errors == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+/// `trust run`: reconcile, then sleep until something falls due, the resync timer fires, the
+/// store or the policy file changes, or a stop signal comes. A reconcile in progress is never
+/// cut off: a stop waits for it, so every secret is either written whole or not at all.
+fn run_loop(r: &RunArgs) -> anyhow::Result<ExitCode> {
+    let (mut policy, store) = load(&r.common)?;
+    let mgmt = r.common.mgmt_cluster.clone();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let poll = to_std(r.poll).max(StdDuration::from_millis(50));
+    let resync = to_std(r.resync).max(StdDuration::from_secs(1));
+    rt.block_on(async move {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        let mut policy_text = std::fs::read(&r.common.policy).unwrap_or_default();
+        loop {
+            let seen = store_fingerprint(&store, &policy, &mgmt).unwrap_or_default();
+            let now = OffsetDateTime::now_utc();
+            let wake = {
+                let (s, p, m, only) = (store.clone(), policy.clone(), mgmt.clone(), r.common.clusters.clone());
+                let result = tokio::task::spawn_blocking(move || {
+                    meshca_trust::reconcile(&s, &p, &m, &only, &[], now)
+                })
+                .await?;
+                let mut stdout = std::io::stdout().lock();
+                match result {
+                    Ok(report) => {
+                        let changed: Vec<_> = report
+                            .clusters
+                            .iter()
+                            .filter(|(_, o)| *o != Outcome::Fresh)
+                            .cloned()
+                            .collect();
+                        print_report(
+                            &mut stdout,
+                            &Report {
+                                clusters: changed,
+                                ..report.clone()
+                            },
+                        )?;
+                        let fresh = report.clusters.iter().filter(|(_, o)| *o == Outcome::Fresh).count();
+                        writeln!(
+                            stdout,
+                            "reconciled at {}: {} cluster(s) fresh; next check {}",
+                            meshca_pki::error::show_time(now),
+                            fresh,
+                            report
+                                .next_check
+                                .map(meshca_pki::error::show_time)
+                                .unwrap_or_else(|| "on the resync timer".into())
+                        )?;
+                        report.next_check
+                    }
+                    Err(e) => {
+                        writeln!(stdout, "meshca: error: {e}")?;
+                        None
+                    }
+                }
+            };
+            stdout_flush();
+            let deadline = tokio::time::Instant::now()
+                + wake
+                    .map(|w| to_std(w - OffsetDateTime::now_utc()))
+                    .unwrap_or(resync)
+                    .min(resync);
+            // Wait for a reason to reconcile again.
+            loop {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => return stopped(),
+                    _ = term.recv() => return stopped(),
+                    _ = tokio::time::sleep_until(deadline) => break,
+                    _ = tokio::time::sleep(poll) => {
+                        let text = std::fs::read(&r.common.policy).unwrap_or_default();
+                        if text != policy_text {
+                            policy_text = text;
+                            match read_policy(&r.common.policy) {
+                                Ok(p) => {
+                                    println!("policy changed: reloaded");
+                                    policy = p;
+                                    break;
+                                }
+                                Err(e) => println!("meshca: error: policy not reloaded, keeping the last good one: {e}"),
+                            }
+                        }
+                        if store_fingerprint(&store, &policy, &mgmt).unwrap_or_default() != seen {
+                            break;
+                        }
+                    }
+                }
+            }
+        }
+    })
+}
+
+fn stopped() -> anyhow::Result<ExitCode> {
+    println!("stopped");
+    stdout_flush();
+    Ok(ExitCode::SUCCESS)
+}
+
+fn stdout_flush() {
+    let _ = std::io::stdout().flush();
+}
+
+fn to_std(d: time::Duration) -> StdDuration {
+    StdDuration::try_from(d).unwrap_or(StdDuration::ZERO)
 }
