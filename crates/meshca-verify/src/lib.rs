@@ -223,11 +223,18 @@ pub fn same_roots(bundles: &[BundleCerts], now: OffsetDateTime) -> Report {
     for b in bundles {
         *counts.entry(key(b)).or_default() += 1;
     }
-    let majority = counts
+    let top = counts.values().copied().max().unwrap_or(0);
+    let leaders: Vec<&String> = counts
         .iter()
-        .max_by_key(|(_, n)| **n)
-        .map(|(k, _)| k.clone())
-        .unwrap_or_default();
+        .filter(|(_, n)| **n == top)
+        .map(|(k, _)| k)
+        .collect();
+    // With no root held by more bundles than any other, nobody is the odd one out: say how they
+    // split instead of blaming whichever sorts first.
+    let majority = match leaders.as_slice() {
+        [one] => (*one).clone(),
+        _ => String::new(),
+    };
     for b in bundles {
         match verify_path(&b.ca, &b.chain, &b.roots, now) {
             Ok(_) => r.push(
@@ -254,13 +261,30 @@ pub fn same_roots(bundles: &[BundleCerts], now: OffsetDateTime) -> Report {
             format!("root SHA-256 {majority}"),
         );
     } else {
+        let detail = if majority.is_empty() {
+            let groups: Vec<String> = counts
+                .keys()
+                .map(|k| {
+                    let dirs: Vec<&str> = bundles
+                        .iter()
+                        .filter(|b| key(b) == *k)
+                        .map(|b| b.dir.as_str())
+                        .collect();
+                    format!("{} (SHA-256 {k})", dirs.join(", "))
+                })
+                .collect();
+            format!("no root is shared by most bundles: {}", groups.join(" vs "))
+        } else {
+            format!(
+                "{} {} from the others' root (SHA-256 {majority})",
+                odd.join(", "),
+                if odd.len() == 1 { "differs" } else { "differ" }
+            )
+        };
         r.push(
             format!("all {} bundles share one root", bundles.len()),
             false,
-            format!(
-                "{} differ from the others' root (SHA-256 {majority})",
-                odd.join(", ")
-            ),
+            detail,
         );
     }
     r

@@ -151,10 +151,22 @@ fn verify_roots_names_the_odd_one_out() {
     let out = meshca(d, &["verify", "roots", "c1", "c2", "other/c3"]).failed();
     assert!(
         out.stdout
-            .contains("✘ all 3 bundles share one root: other/c3 differ"),
+            .contains("✘ all 3 bundles share one root: other/c3 differs"),
         "{}",
         out.stdout
     );
+    // One against one: nobody is blamed, whatever the order.
+    for args in [["c1", "other/c3"], ["other/c3", "c1"]] {
+        let mut all = vec!["verify", "roots"];
+        all.extend(args);
+        let out = meshca(d, &all).failed();
+        assert!(
+            out.stdout.contains("no root is shared by most bundles: "),
+            "{}",
+            out.stdout
+        );
+        assert!(!out.stdout.contains("differ"), "{}", out.stdout);
+    }
     // An intermediate that does not chain to its own bundle's root.
     fs::copy(d.join("other/root-cert.pem"), d.join("c2/root-cert.pem")).unwrap();
     let out = meshca(d, &["verify", "roots", "c1", "c2"]).failed();
