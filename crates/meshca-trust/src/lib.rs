@@ -4,9 +4,11 @@
 //! meshca's own); [`store`] keeps secrets in the Kubernetes secret-mount layout with atomic
 //! `..data` swaps; [`reconcile`] makes each cluster's `cacerts` exist, chain to the policy's CA, and
 //! stay fresh, proving every new intermediate before it is written.
+//! [`cfssl`] has an external cfssl signer sign intermediates, so its root key never touches meshca.
 
 #![forbid(unsafe_code)]
 
+pub mod cfssl;
 pub mod policy;
 pub mod reconcile;
 pub mod rotation;
