@@ -12,6 +12,7 @@ pub mod cfssl;
 pub mod policy;
 pub mod reconcile;
 pub mod rotation;
+mod signer;
 pub mod simulate;
 pub mod store;
 

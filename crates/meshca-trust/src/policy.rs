@@ -52,6 +52,25 @@ struct Config {
     passive_certificate_authorities: Option<Vec<SecretRefDoc>>,
     /// meshca: when and how the root itself is rotated
     root_rotation: Option<RootRotationDoc>,
+    /// meshca: an external signer in place of mgmtServerCa
+    external_signer: Option<ExternalSignerDoc>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ExternalSignerDoc {
+    cfssl: CfsslDoc,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct CfsslDoc {
+    url: String,
+    profile: Option<String>,
+    label: Option<String>,
+    auth_key_secret_ref: Option<SecretRefDoc>,
+    ca_file: Option<String>,
+    roots_secret_ref: Option<SecretRefDoc>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -114,6 +133,26 @@ pub enum RootSource {
     },
     /// A root, or an intermediate with its chain, given in a secret.
     SecretRef(SecretRef),
+    /// A cfssl server that holds the key and signs over its HTTP API.
+    External(ExternalSigner),
+}
+
+/// An external cfssl signer (`/api/v1/cfssl/info`, `sign`, `authsign`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ExternalSigner {
+    /// `http://host:port` or `https://host:port`.
+    pub url: String,
+    /// The cfssl signing profile (it must issue CA certificates).
+    pub profile: Option<String>,
+    /// The cfssl signer label, for a multi-signer server.
+    pub label: Option<String>,
+    /// A secret holding the hex auth key under `auth-key`: requests then go to `authsign`.
+    pub auth_key: Option<SecretRef>,
+    /// The CA file that signed an https server's certificate.
+    pub ca_file: Option<std::path::PathBuf>,
+    /// A secret holding `root-cert.pem` (and `cert-chain.pem` up from the signer) when the signer
+    /// is not itself a root.
+    pub roots: Option<SecretRef>,
 }
 
 /// How the root is rotated: automatically before it expires, or when asked
@@ -217,33 +256,74 @@ impl TrustPolicy {
                 "config.rootRotation is a {MESHCA_API_VERSION} field, not {GLOO_API_VERSION}"
             )));
         }
+        let has_root_rotation = cfg.root_rotation.is_some();
         let rr = cfg.root_rotation.unwrap_or_default();
-        let root = match cfg.mgmt_server_ca {
-            None => RootSource::Generated { ttl_days: 3650 },
-            Some(MgmtServerCa {
-                generated: Some(_),
-                secret_ref: Some(_),
-            }) => {
+        if cfg.external_signer.is_some() && !meshca {
+            return Err(bad(format!(
+                "config.externalSigner is a {MESHCA_API_VERSION} field, not {GLOO_API_VERSION}"
+            )));
+        }
+        let secret = |r: SecretRefDoc| SecretRef {
+            name: r.name,
+            namespace: r.namespace.unwrap_or_else(|| "gloo-mesh".to_owned()),
+        };
+        let root = match (cfg.external_signer, cfg.mgmt_server_ca.is_some()) {
+            (Some(_), true) => {
                 return Err(bad(
-                    "config.mgmtServerCa: give generated or secretRef, not both".to_owned(),
+                    "config: give mgmtServerCa or externalSigner, not both".to_owned()
                 ));
             }
-            Some(MgmtServerCa {
-                secret_ref: Some(r),
-                ..
-            }) => RootSource::SecretRef(SecretRef {
-                name: r.name,
-                namespace: r.namespace.unwrap_or_else(|| "gloo-mesh".to_owned()),
-            }),
-            Some(MgmtServerCa { generated, .. }) => {
-                let ttl_days = generated.and_then(|g| g.ttl_days).unwrap_or(3650);
-                if ttl_days < 1 {
+            (Some(ext), false) => {
+                let c = ext.cfssl;
+                if !(c.url.starts_with("http://") || c.url.starts_with("https://")) {
                     return Err(bad(format!(
-                        "config.mgmtServerCa.generated.ttlDays must be at least 1, got {ttl_days}"
+                        "config.externalSigner.cfssl.url {:?} must start with http:// or https://",
+                        c.url
                     )));
                 }
-                RootSource::Generated { ttl_days }
+                if has_root_rotation {
+                    return Err(bad("config.rootRotation does not apply to an external signer: its root is rotated by pointing the policy at the new signer".to_owned()));
+                }
+                Some(RootSource::External(ExternalSigner {
+                    url: c.url,
+                    profile: c.profile,
+                    label: c.label,
+                    auth_key: c.auth_key_secret_ref.map(secret),
+                    ca_file: c.ca_file.map(Into::into),
+                    roots: c.roots_secret_ref.map(secret),
+                }))
             }
+            (None, _) => None,
+        };
+        let root = match root {
+            Some(r) => r,
+            None => match cfg.mgmt_server_ca {
+                None => RootSource::Generated { ttl_days: 3650 },
+                Some(MgmtServerCa {
+                    generated: Some(_),
+                    secret_ref: Some(_),
+                }) => {
+                    return Err(bad(
+                        "config.mgmtServerCa: give generated or secretRef, not both".to_owned(),
+                    ));
+                }
+                Some(MgmtServerCa {
+                    secret_ref: Some(r),
+                    ..
+                }) => RootSource::SecretRef(SecretRef {
+                    name: r.name,
+                    namespace: r.namespace.unwrap_or_else(|| "gloo-mesh".to_owned()),
+                }),
+                Some(MgmtServerCa { generated, .. }) => {
+                    let ttl_days = generated.and_then(|g| g.ttl_days).unwrap_or(3650);
+                    if ttl_days < 1 {
+                        return Err(bad(format!(
+                            "config.mgmtServerCa.generated.ttlDays must be at least 1, got {ttl_days}"
+                        )));
+                    }
+                    RootSource::Generated { ttl_days }
+                }
+            },
         };
         let o = cfg.intermediate_cert_options.unwrap_or_default();
         if meshca_only(&o) && !meshca {
@@ -316,6 +396,7 @@ impl TrustPolicy {
                 return Err(bad("config.rootRotation.gracePeriodRatio on a secretRef root needs nextSecretRef: the secret its successor will be in".to_owned()));
             }
             (RootSource::SecretRef(_), None, _) => None,
+            (RootSource::External(_), _, _) => None,
         };
         let root_rotation = RootRotation {
             grace_ratio: grace,
@@ -467,5 +548,45 @@ spec:
         assert_eq!(p.key_type, KeyType::EcdsaP256);
         assert_eq!(p.root, RootSource::Generated { ttl_days: 3650 });
         assert!(p.notes.iter().any(|n| n.contains("autoRestartPods")));
+    }
+
+    #[test]
+    fn an_external_signer_stands_alone() {
+        let ext = "    externalSigner:\n      cfssl:\n        url: http://127.0.0.1:8888\n        profile: intermediate\n";
+        let doc = |api: &str, extra: &str| {
+            format!("apiVersion: {api}\nkind: RootTrustPolicy\nspec:\n  config:\n{ext}{extra}")
+        };
+        let p = TrustPolicy::from_yaml(&doc(MESHCA_API_VERSION, ""), "p").unwrap();
+        assert!(
+            matches!(&p.root, RootSource::External(e) if e.profile.as_deref() == Some("intermediate"))
+        );
+        assert_eq!(p.root_rotation.grace_ratio, None);
+        for (d, needle) in [
+            (
+                doc(GLOO_API_VERSION, ""),
+                "externalSigner is a trust.meshca/v1alpha1 field",
+            ),
+            (
+                doc(
+                    MESHCA_API_VERSION,
+                    "    mgmtServerCa:\n      generated: {}\n",
+                ),
+                "not both",
+            ),
+            (
+                doc(
+                    MESHCA_API_VERSION,
+                    "    rootRotation:\n      gracePeriodRatio: 0.2\n",
+                ),
+                "does not apply to an external signer",
+            ),
+            (
+                doc(MESHCA_API_VERSION, "").replace("http://127", "ftp://127"),
+                "must start with http://",
+            ),
+        ] {
+            let err = TrustPolicy::from_yaml(&d, "p").unwrap_err().to_string();
+            assert!(err.contains(needle), "{err:?} lacks {needle:?}");
+        }
     }
 }

@@ -19,6 +19,7 @@ use time::{Duration, OffsetDateTime};
 
 use crate::policy::{RootSource, SecretRef, TrustPolicy};
 use crate::rotation::{self, RotationPhase, RotationState, Step};
+use crate::signer::{Signer, connect_external};
 use crate::store::{SecretData, SecretStore};
 
 /// Istio's namespace and secret name.
@@ -42,6 +43,9 @@ pub enum TrustError {
     /// A named cluster is not in the store.
     #[error("cluster {0:?} is not in the store")]
     UnknownCluster(String),
+    /// The external signer failed or gave an unusable answer.
+    #[error(transparent)]
+    Cfssl(#[from] crate::cfssl::CfsslError),
 }
 
 /// What happened to one cluster.
@@ -119,7 +123,7 @@ pub struct RotationStatus {
 
 /// A CA that signs intermediates, loaded from a secret of the management cluster.
 pub(crate) struct PolicyCa {
-    signer: CaSigner,
+    signer: Signer,
     /// The verified path from the signer to its root, both included.
     path: Vec<Certificate>,
     /// The roots of the CA's own bundle.
@@ -137,14 +141,15 @@ fn fingerprint(c: &Certificate) -> String {
     hex_colons(&c.sha256_fingerprint())
 }
 
-/// Where the policy's CA lives in the management cluster.
-pub(crate) fn root_secret(policy: &TrustPolicy) -> SecretRef {
+/// Where the policy's CA lives in the management cluster (an external signer keeps its own).
+pub(crate) fn root_secret(policy: &TrustPolicy) -> Option<SecretRef> {
     match &policy.root {
-        RootSource::SecretRef(r) => r.clone(),
-        RootSource::Generated { .. } => SecretRef {
+        RootSource::SecretRef(r) => Some(r.clone()),
+        RootSource::Generated { .. } => Some(SecretRef {
             namespace: policy.namespace.clone(),
             name: format!("{}.root-ca", policy.name),
-        },
+        }),
+        RootSource::External(_) => None,
     }
 }
 
@@ -162,8 +167,14 @@ pub fn secrets_of(policy: &TrustPolicy, extra: Option<&SecretRef>) -> Vec<(Strin
         (ISTIO_NAMESPACE.to_owned(), CACERTS.to_owned()),
         (policy.namespace.clone(), rotation::state_secret(policy)),
     ];
-    let root = root_secret(policy);
-    out.push((root.namespace, root.name));
+    if let Some(root) = root_secret(policy) {
+        out.push((root.namespace, root.name));
+    }
+    if let RootSource::External(e) = &policy.root {
+        for r in e.auth_key.iter().chain(e.roots.iter()) {
+            out.push((r.namespace.clone(), r.name.clone()));
+        }
+    }
     let next = generated_next_secret(policy);
     out.push((next.namespace, next.name));
     for r in policy
@@ -221,7 +232,7 @@ fn ca_from_data(
             .unwrap_or_default(),
         &format!("{where_}/{}", bundle.layout().key_file()),
     )?;
-    let signer = CaSigner::new(bundle.signer().cert().clone(), key, where_)?;
+    let signer = Signer::Local(CaSigner::new(bundle.signer().cert().clone(), key, where_)?);
     Ok(PolicyCa {
         signer,
         path,
@@ -236,7 +247,17 @@ fn load_current(
     mgmt: &str,
     now: OffsetDateTime,
 ) -> Result<PolicyCa, TrustError> {
-    let r = root_secret(policy);
+    if let RootSource::External(ext) = &policy.root {
+        let (signer, path, roots) = connect_external(store, mgmt, ext, now)?;
+        return Ok(PolicyCa {
+            signer,
+            path,
+            roots,
+        });
+    }
+    let Some(r) = root_secret(policy) else {
+        return Err(TrustError::Ca("the policy names no CA".to_owned()));
+    };
     let where_ = store.describe(mgmt, &r.namespace, &r.name);
     let data = match (store.read(mgmt, &r.namespace, &r.name)?, &policy.root) {
         (Some(d), _) => d,
@@ -250,6 +271,11 @@ fn load_current(
             let d = generate_root(policy, *ttl_days, &where_, now)?;
             store.write(mgmt, &r.namespace, &r.name, &d)?;
             d
+        }
+        (None, RootSource::External(_)) => {
+            return Err(TrustError::Ca(
+                "an external signer has no secret".to_owned(),
+            ));
         }
     };
     ca_from_data(&data, &where_, now)
@@ -565,7 +591,7 @@ pub fn reconcile(
             }
             Step::Finish => {
                 let Some(n) = next else { break };
-                let r = root_secret(policy);
+                let Some(r) = root_secret(policy) else { break };
                 let data = store
                     .read(mgmt, &s.next_secret.namespace, &s.next_secret.name)?
                     .unwrap_or_default();
@@ -723,7 +749,7 @@ fn issue(
         meshca_pki::profile::days_from(now, policy.ttl_days, "intermediateCertOptions.ttlDays")?;
     // Near the end of the CA's life an intermediate is cut short to it, as istiod cuts leaves.
     let na = na.min(t.ca.signer.cert().not_after());
-    let cert = t.ca.signer.issue_ca(
+    let cert = t.ca.signer.issue_intermediate(
         &CaProfile {
             subject: Subject {
                 organization: Some(policy.org_name.clone()),
@@ -836,6 +862,11 @@ fn start_rotation_with(
                 "root rotation: a mgmtServerCa.secretRef root needs the secret of its successor (--to-secret, or config.rootRotation.nextSecretRef)".to_owned(),
             ));
         }
+        (RootSource::External(_), _) => {
+            return Err(TrustError::Ca(
+                "root rotation: the policy's CA is an external signer; its root is rotated by the signer's owner".to_owned(),
+            ));
+        }
     };
     let next_ca = load_secret_ca(store, mgmt, &next_ref, "root rotation: the new root", now)?;
     if next_ca.root() == current.root() {
@@ -868,10 +899,12 @@ pub fn status(
     now: OffsetDateTime,
 ) -> Result<Status, TrustError> {
     let state = rotation::load(store, policy, mgmt)?;
-    let r = root_secret(policy);
-    let current = match store.read(mgmt, &r.namespace, &r.name)? {
-        Some(d) => ca_from_data(&d, &store.describe(mgmt, &r.namespace, &r.name), now).ok(),
-        None => None,
+    let current = match root_secret(policy) {
+        Some(r) => match store.read(mgmt, &r.namespace, &r.name)? {
+            Some(d) => ca_from_data(&d, &store.describe(mgmt, &r.namespace, &r.name), now).ok(),
+            None => None,
+        },
+        None => load_current(store, policy, mgmt, now).ok(),
     };
     let next = state
         .as_ref()

@@ -150,6 +150,11 @@ impl Simulation {
         cfg: &SimConfig,
         start: OffsetDateTime,
     ) -> Result<Self, TrustError> {
+        if matches!(policy.root, RootSource::External(_)) {
+            return Err(TrustError::Ca(
+                "simulate: a policy with an external signer cannot be simulated (the signer holds the root key)".to_owned(),
+            ));
+        }
         let mut policy = policy.clone();
         if cfg.fast_keys {
             policy.key_type = KeyType::EcdsaP256;
@@ -274,7 +279,7 @@ impl Simulation {
     /// (for a secretRef root, after putting the new root in a secret of its own).
     pub fn rotate_root(&mut self, at: OffsetDateTime) -> Result<(), TrustError> {
         let next = match &self.policy.root {
-            RootSource::Generated { .. } => None,
+            RootSource::Generated { .. } | RootSource::External(_) => None,
             RootSource::SecretRef(r) => {
                 let n = SecretRef {
                     namespace: r.namespace.clone(),
@@ -306,7 +311,11 @@ impl Simulation {
     /// hand: the manager then re-issues every intermediate under the new root alone, at once.
     /// What the phased rotation exists to avoid.
     fn swap_root_at_once(&mut self, at: OffsetDateTime) -> Result<(), TrustError> {
-        let r = reconcile::root_secret(&self.policy);
+        let Some(r) = reconcile::root_secret(&self.policy) else {
+            return Err(TrustError::Ca(
+                "an external signer's root cannot be swapped".to_owned(),
+            ));
+        };
         let root = reconcile::generate_root(&self.policy, 3650, "swapped root", at)?;
         self.store.write(MGMT, &r.namespace, &r.name, &root)?;
         Ok(())

@@ -639,3 +639,114 @@ fn a_server_that_says_nothing_times_out() {
         "{waited:?}"
     );
 }
+
+/// `meshca trust` with the policy's CA behind cfssl: every cluster gets a proven `cacerts` whose
+/// intermediate cfssl signed, the root key stays with cfssl, a second pass writes nothing, and a
+/// wrong auth key is refused with the store left as it was.
+#[test]
+fn trust_reconciles_clusters_through_the_external_signer() {
+    use meshca_trust::{FolderStore, Outcome, SecretStore, TrustPolicy, reconcile};
+    let serve = CfsslServe::start();
+    let t = tempfile::tempdir().unwrap();
+    let store = FolderStore::open(&t.path().join("store")).unwrap();
+    for c in ["mgmt", "east", "west"] {
+        std::fs::create_dir_all(t.path().join("store").join(c)).unwrap();
+    }
+    let mut auth = std::collections::BTreeMap::new();
+    auth.insert("auth-key".to_owned(), AUTH_KEY.as_bytes().to_vec());
+    store
+        .write("mgmt", "gloo-mesh", "cfssl-auth", &auth)
+        .unwrap();
+    let policy_doc = format!(
+        "apiVersion: trust.meshca/v1alpha1
+kind: RootTrustPolicy
+spec:
+  config:
+    externalSigner:
+      cfssl:
+        url: {}
+        profile: intermediate
+        authKeySecretRef:
+          name: cfssl-auth
+    intermediateCertOptions:
+      ttlDays: 30
+      keyType: ecdsa-p256
+",
+        serve.url
+    );
+    let policy = TrustPolicy::from_yaml(&policy_doc, "policy.yaml").unwrap();
+    let now = OffsetDateTime::now_utc();
+    let out = reconcile(&store, &policy, "mgmt", &[], &[], now).unwrap();
+    assert_eq!(
+        out.clusters,
+        [
+            ("east".to_owned(), Outcome::Created),
+            ("west".to_owned(), Outcome::Created)
+        ]
+    );
+    let root_key = std::fs::read(serve.dir.path().join("root-key.pem")).unwrap();
+    for c in ["east", "west"] {
+        let dir = t.path().join("store").join(c).join("istio-system/cacerts");
+        assert_eq!(
+            std::fs::read_to_string(dir.join("root-cert.pem")).unwrap(),
+            serve.root.pem(),
+            "{c} trusts cfssl's root"
+        );
+        for f in [
+            "ca-cert.pem",
+            "ca-key.pem",
+            "cert-chain.pem",
+            "root-cert.pem",
+        ] {
+            assert_ne!(std::fs::read(dir.join(f)).unwrap(), root_key);
+        }
+        let verified = openssl(&[
+            "verify",
+            "-CAfile",
+            path_str(&dir.join("root-cert.pem")),
+            path_str(&dir.join("ca-cert.pem")),
+        ]);
+        assert!(verified.contains(": OK"), "{verified}");
+        let text = openssl(&[
+            "x509",
+            "-noout",
+            "-subject",
+            "-in",
+            path_str(&dir.join("ca-cert.pem")),
+        ]);
+        assert!(
+            text.contains(&format!("L = {c}")) || text.contains(&format!("L={c}")),
+            "{text}"
+        );
+    }
+    let out = reconcile(&store, &policy, "mgmt", &[], &[], now).unwrap();
+    assert!(
+        out.clusters.iter().all(|(_, o)| *o == Outcome::Fresh),
+        "{out:?}"
+    );
+
+    // A wrong auth key: cfssl refuses, nothing is written.
+    auth.insert(
+        "auth-key".to_owned(),
+        AUTH_KEY.replace('8', "9").into_bytes(),
+    );
+    store
+        .write("mgmt", "gloo-mesh", "cfssl-auth", &auth)
+        .unwrap();
+    let before =
+        std::fs::read(t.path().join("store/east/istio-system/cacerts/ca-cert.pem")).unwrap();
+    let err = reconcile(&store, &policy, "mgmt", &[], &["*".to_owned()], now)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("invalid token"), "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert_eq!(
+        std::fs::read(t.path().join("store/east/istio-system/cacerts/ca-cert.pem")).unwrap(),
+        before
+    );
+    // Root rotation is the signer owner's business.
+    let err = meshca_trust::start_root_rotation(&store, &policy, "mgmt", None, now)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("external signer"), "{err}");
+}
