@@ -332,7 +332,7 @@ fn seed_001_root_trust_policy_serves_a_two_cluster_mesh_and_survives_an_intermed
     .failed();
     assert!(
         out.stdout.contains(
-            "✘ all 3 bundles share one root: elsewhere/cluster3 differ from the others' root"
+            "✘ all 3 bundles share one root: elsewhere/cluster3 differs from the others' root"
         ),
         "{}",
         out.stdout
