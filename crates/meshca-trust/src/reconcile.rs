@@ -20,7 +20,7 @@ use time::{Duration, OffsetDateTime};
 use crate::policy::{RootSource, SecretRef, TrustPolicy};
 use crate::rotation::{self, RotationPhase, RotationState, Step};
 use crate::signer::{Signer, connect_external};
-use crate::store::{SecretData, SecretStore};
+use crate::store::{SecretData, SecretStore, SecretWrite, in_parallel, try_in_parallel};
 
 /// Istio's namespace and secret name.
 pub const ISTIO_NAMESPACE: &str = "istio-system";
@@ -377,7 +377,16 @@ fn clusters(
     mgmt: &str,
     only: &[String],
 ) -> Result<Vec<String>, TrustError> {
-    let present = store.clusters()?;
+    select_clusters(&store.clusters()?, policy, mgmt, only)
+}
+
+/// [`clusters`] out of the store's cluster list `present`, so that one listing serves twice.
+fn select_clusters(
+    present: &[String],
+    policy: &TrustPolicy,
+    mgmt: &str,
+    only: &[String],
+) -> Result<Vec<String>, TrustError> {
     let wanted: Vec<String> = if !only.is_empty() {
         only.to_vec()
     } else if let Some(c) = &policy.clusters {
@@ -395,12 +404,25 @@ fn clusters(
     Ok(wanted)
 }
 
+/// Threads for work bound by the CPU: one per core.
+fn cpu_workers() -> usize {
+    std::thread::available_parallelism().map_or(1, |c| c.get())
+}
+
 /// What a cluster's current `cacerts` needs.
 #[derive(Debug)]
 enum Need {
     /// Nothing; renew at the given time.
     Fresh(OffsetDateTime),
     /// Only the root bundle is not the target's.
+    Roots,
+    /// A new intermediate, for the reason given.
+    Reissue(String),
+}
+
+/// What a cluster that is not fresh gets in a pass.
+enum Change {
+    /// Its bundle with the target's roots.
     Roots,
     /// A new intermediate, for the reason given.
     Reissue(String),
@@ -417,15 +439,15 @@ fn matches_target(
     let Some(data) = data else { return false };
     let where_ = format!("{cluster}/{ISTIO_NAMESPACE}/{CACERTS}");
     match CacertsBundle::from_files(data, &where_, now) {
-        Ok(b) => {
-            b.signer()
-                .cert()
-                .check_signed_by(t.ca.signer.cert())
-                .is_ok()
-                && b.roots() == t.roots.as_slice()
-        }
+        Ok(b) => signed_by(&b, t.ca.signer.cert()) && b.roots() == t.roots.as_slice(),
         Err(_) => false,
     }
+}
+
+/// Whether `ca` signed the bundle's signing certificate. Loading the bundle verified its path, so
+/// when the path's next certificate is `ca` itself that very signature has been checked already.
+fn signed_by(bundle: &CacertsBundle, ca: &Certificate) -> bool {
+    bundle.path().certs().get(1) == Some(ca) || bundle.signer().cert().check_signed_by(ca).is_ok()
 }
 
 fn classify(
@@ -443,10 +465,10 @@ fn classify(
         Ok(b) => b,
         Err(e) => return Need::Reissue(format!("invalid: {e}")),
     };
-    let cert = bundle.signer().cert();
-    if cert.check_signed_by(t.ca.signer.cert()).is_err() {
+    if !signed_by(&bundle, t.ca.signer.cert()) {
         return Need::Reissue("not signed by the policy's CA".to_owned());
     }
+    let cert = bundle.signer().cert();
     let due = renew_at(cert.not_before(), cert.not_after(), policy.grace_ratio);
     if now >= due {
         return Need::Reissue(format!(
@@ -475,8 +497,9 @@ pub fn reconcile(
     let mut current = load_current(store, policy, mgmt, now)?;
     let passive = passive_roots(store, policy, mgmt)?;
     let mut state = rotation::load(store, policy, mgmt)?;
-    let in_scope = clusters(store, policy, mgmt, only)?;
-    let all = clusters(store, policy, mgmt, &[])?;
+    let present = store.clusters()?;
+    let in_scope = select_clusters(&present, policy, mgmt, only)?;
+    let all = select_clusters(&present, policy, mgmt, &[])?;
     check_lifetime(policy, current.signer.cert())?;
 
     if state.is_none()
@@ -542,19 +565,25 @@ pub fn reconcile(
             report.next_check = Some(report.next_check.map_or(due, |n| n.min(due)));
         }
         let Some(s) = state.clone() else { break };
-        // The gate reads the store back: the phase is done when every cluster shows it.
-        let mut settled = true;
-        for c in &all {
-            if !matches_target(
-                store.read(c, ISTIO_NAMESPACE, CACERTS)?.as_ref(),
-                &t,
-                c,
-                now,
-            ) {
-                settled = false;
-                break;
-            }
-        }
+        // The gate reads the store back: the phase is done when every cluster shows it. The
+        // clusters are read on every core; the first one in order that fails to read or does
+        // not show the phase decides, as a loop in order would.
+        let gate = in_parallel(
+            all.len(),
+            cpu_workers(),
+            |r| !matches!(r, Ok(true)),
+            |i| {
+                let c = &all[i];
+                store
+                    .read(c, ISTIO_NAMESPACE, CACERTS)
+                    .map(|data| matches_target(data.as_ref(), &t, c, now))
+            },
+        );
+        let settled = match gate.into_iter().find(|r| !matches!(r, Ok(true))) {
+            None => true,
+            Some(Ok(_)) => false,
+            Some(Err(e)) => return Err(e.into()),
+        };
         match rotation::step(&s, settled, policy, now)? {
             Step::Wait(at) => {
                 report.rotation_due = at;
@@ -632,6 +661,9 @@ fn check_lifetime(policy: &TrustPolicy, ca: &Certificate) -> Result<(), TrustErr
 /// One pass over the clusters against one target: plan (reading every cluster first, so that
 /// refusals come before any write), make and prove the new bundles, then write them. Returns the
 /// renewal times of every cluster left fresh or newly written.
+///
+/// Reading and classifying, and making and proving, run on every core: each cluster's work is
+/// independent, and the first failure in cluster order is the one returned, as in a plain loop.
 fn pass(
     store: &dyn SecretStore,
     policy: &TrustPolicy,
@@ -641,100 +673,74 @@ fn pass(
     outcomes: &mut [(String, Outcome)],
     now: OffsetDateTime,
 ) -> Result<Vec<OffsetDateTime>, TrustError> {
-    let mut renewals = Vec::new();
-    let mut plan: Vec<(usize, Option<SecretData>, Need)> = Vec::new();
-    for (i, cluster) in in_scope.iter().enumerate() {
+    let workers = cpu_workers();
+    let classified = try_in_parallel(in_scope.len(), workers, |i| {
+        let cluster = &in_scope[i];
         let current = store.read(cluster, ISTIO_NAMESPACE, CACERTS)?;
         let forced = force.iter().any(|f| f == cluster || f == "*");
         let need = match classify(current.as_ref(), t, policy, cluster, now) {
             Need::Fresh(_) | Need::Roots if forced => {
                 Need::Reissue("rotation requested".to_owned())
             }
-            Need::Fresh(due) => {
-                renewals.push(due);
-                continue;
-            }
             n => n,
         };
-        plan.push((i, current, need));
+        Ok::<_, TrustError>((current, need))
+    })?;
+    let mut renewals = Vec::new();
+    let mut plan: Vec<(usize, Option<SecretData>, Change)> = Vec::new();
+    for (i, (current, need)) in classified.into_iter().enumerate() {
+        match need {
+            Need::Fresh(due) => renewals.push(due),
+            Need::Roots => plan.push((i, current, Change::Roots)),
+            Need::Reissue(reason) => plan.push((i, current, Change::Reissue(reason))),
+        }
     }
-    let fresh_keys = plan
-        .iter()
-        .filter(|(_, _, n)| matches!(n, Need::Reissue(_)))
-        .count();
-    let mut keys = generate_keys(policy.key_type, fresh_keys)?.into_iter();
-    let mut writes = Vec::with_capacity(plan.len());
-    for (i, current, need) in plan {
-        let cluster = &in_scope[i];
-        let (data, outcome) = match need {
-            Need::Roots => {
-                let mut data = current.unwrap_or_default();
+    // Each new bundle's key is made by the thread that issues it, so that slow keys (RSA's
+    // prime search varies a lot) spread over the cores as they come.
+    let made = try_in_parallel(plan.len(), workers, |j| {
+        let (i, current, change) = &plan[j];
+        let cluster = &in_scope[*i];
+        let (data, outcome) = match change {
+            Change::Roots => {
+                let mut data = current.clone().unwrap_or_default();
                 data.insert(ROOT_CERT.into(), to_pem_bundle(&t.roots).into_bytes());
                 (data, Outcome::RootsUpdated)
             }
-            Need::Reissue(reason) => {
-                let key = keys.next().ok_or_else(|| PkiError::Crypto {
-                    what: "key generation".into(),
-                    reason: "fewer keys than planned".into(),
-                })?;
+            Change::Reissue(reason) => {
+                let key = PrivateKey::generate(policy.key_type)?;
                 let outcome = if current.is_none() {
                     Outcome::Created
                 } else {
-                    Outcome::Rotated(reason)
+                    Outcome::Rotated(reason.clone())
                 };
                 (issue(t, policy, cluster, key, now)?, outcome)
             }
-            Need::Fresh(_) => continue,
         };
         let bundle = prove(&data, cluster, now)?;
         let c = bundle.signer().cert();
-        renewals.push(renew_at(c.not_before(), c.not_after(), policy.grace_ratio));
-        writes.push((i, data, outcome));
-    }
-    for (i, data, outcome) in writes {
-        store.write(&in_scope[i], ISTIO_NAMESPACE, CACERTS, &data)?;
-        outcomes[i].1 = match (&outcomes[i].1, outcome) {
+        let due = renew_at(c.not_before(), c.not_after(), policy.grace_ratio);
+        Ok::<_, TrustError>((data, outcome, due))
+    })?;
+    renewals.extend(made.iter().map(|(_, _, due)| *due));
+    let writes: Vec<SecretWrite<'_>> = plan
+        .iter()
+        .zip(&made)
+        .map(|((i, _, _), (data, _, _))| SecretWrite {
+            cluster: &in_scope[*i],
+            namespace: ISTIO_NAMESPACE,
+            name: CACERTS,
+            data,
+        })
+        .collect();
+    store.write_all(&writes)?;
+    for ((i, _, _), (_, outcome, _)) in plan.iter().zip(made) {
+        outcomes[*i].1 = match (&outcomes[*i].1, outcome) {
             // A later pass of the same reconcile keeps the first, more telling, outcome.
             (Outcome::Created, _) => Outcome::Created,
             (_, o) => o,
         };
     }
     Ok(renewals)
-}
-
-fn generate_keys(kt: KeyType, n: usize) -> Result<Vec<PrivateKey>, PkiError> {
-    if n == 0 {
-        return Ok(Vec::new());
-    }
-    let workers = std::thread::available_parallelism()
-        .map_or(1, |c| c.get())
-        .min(n);
-    let per = n.div_ceil(workers);
-    std::thread::scope(|s| {
-        let handles: Vec<_> = (0..workers)
-            .map(|w| {
-                let count = per.min(n.saturating_sub(w * per));
-                s.spawn(move || {
-                    (0..count)
-                        .map(|_| PrivateKey::generate(kt))
-                        .collect::<Result<Vec<_>, _>>()
-                })
-            })
-            .collect();
-        let mut out = Vec::with_capacity(n);
-        for h in handles {
-            match h.join() {
-                Ok(r) => out.extend(r?),
-                Err(_) => {
-                    return Err(PkiError::Crypto {
-                        what: "key generation".into(),
-                        reason: "a worker stopped".into(),
-                    });
-                }
-            }
-        }
-        Ok(out)
-    })
 }
 
 fn issue(

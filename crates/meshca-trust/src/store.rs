@@ -6,13 +6,18 @@
 //! the reconciler writes. A secret is replaced whole, as the kubelet does it: the keys are written
 //! into a new hidden folder, a `..data` symlink is swapped to it in one rename, and each key is a
 //! symlink through `..data`. A reader never sees half of an update.
+//!
+//! Many secrets written together ([`SecretStore::write_all`]) share the wait for the disk: every
+//! secret's new files are written and synced, with their folder, in one parallel batch before any
+//! `..data` swap (the commit point); the swapped folders are synced in a second batch after; old
+//! data folders are removed last.
 
 use std::collections::BTreeMap;
 use std::fs;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, symlink};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 
 use meshca_store::StoreError;
 
@@ -23,6 +28,26 @@ pub type SecretData = BTreeMap<String, Vec<u8>>;
 const PRIVATE_KEYS: &[&str] = &["ca-key.pem", "tls.key", "key.pem", "root-key.pem"];
 
 static COUNTER: AtomicU64 = AtomicU64::new(0);
+
+/// Threads that swap `..data` links and remove old data folders: metadata calls, CPU-bound in
+/// the kernel.
+const FS_WORKERS: usize = 4;
+/// Threads that write and sync new files and sync folders: mostly waiting for the disk, which
+/// handles many syncs in flight together far faster than one after another.
+const SYNC_WORKERS: usize = 32;
+
+/// One secret to replace, for [`SecretStore::write_all`].
+#[derive(Clone, Copy, Debug)]
+pub struct SecretWrite<'a> {
+    /// The cluster.
+    pub cluster: &'a str,
+    /// The secret's namespace.
+    pub namespace: &'a str,
+    /// The secret's name.
+    pub name: &'a str,
+    /// What the secret is to hold.
+    pub data: &'a SecretData,
+}
 
 /// What the reconciler needs of a store: clusters, and secrets read and replaced whole.
 pub trait SecretStore: Send + Sync {
@@ -43,6 +68,15 @@ pub trait SecretStore: Send + Sync {
         name: &str,
         data: &SecretData,
     ) -> Result<(), StoreError>;
+    /// Replaces several secrets, each whole as [`SecretStore::write`] does. When one fails the
+    /// error is returned and any of the others may or may not have been replaced. The default
+    /// writes them one by one, in order.
+    fn write_all(&self, writes: &[SecretWrite<'_>]) -> Result<(), StoreError> {
+        for w in writes {
+            self.write(w.cluster, w.namespace, w.name, w.data)?;
+        }
+        Ok(())
+    }
     /// Where a secret is, for messages.
     fn describe(&self, cluster: &str, namespace: &str, name: &str) -> String {
         format!("{cluster}/{namespace}/{name}")
@@ -213,7 +247,16 @@ impl SecretStore for FolderStore {
         for e in fs::read_dir(&self.root).map_err(io(&self.root, "cannot list"))? {
             let e = e.map_err(io(&self.root, "cannot list"))?;
             let name = e.file_name().to_string_lossy().into_owned();
-            if e.path().is_dir() && !name.starts_with('.') {
+            if name.starts_with('.') {
+                continue;
+            }
+            // The entry's own type spares a `stat` per cluster; a symlink is followed.
+            let is_dir = match e.file_type() {
+                Ok(t) if t.is_dir() => true,
+                Ok(t) if !t.is_symlink() => false,
+                _ => e.path().is_dir(),
+            };
+            if is_dir {
                 out.push(name);
             }
         }
@@ -235,13 +278,20 @@ impl SecretStore for FolderStore {
         for e in fs::read_dir(&dir).map_err(io(&dir, "cannot list"))? {
             let e = e.map_err(io(&dir, "cannot list"))?;
             let key = e.file_name().to_string_lossy().into_owned();
-            if key.starts_with('.') || !e.path().is_file() {
+            if key.starts_with('.') {
                 continue;
             }
-            data.insert(
-                key,
-                fs::read(e.path()).map_err(io(&e.path(), "cannot read"))?,
-            );
+            let path = e.path();
+            // Through the key's `..data` link, as a reader of the mount sees it.
+            let size = match fs::metadata(&path) {
+                Ok(m) if m.is_file() => usize::try_from(m.len()).unwrap_or(0),
+                _ => continue,
+            };
+            let mut bytes = Vec::with_capacity(size);
+            fs::File::open(&path)
+                .and_then(|mut f| std::io::Read::read_to_end(&mut f, &mut bytes))
+                .map_err(io(&path, "cannot read"))?;
+            data.insert(key, bytes);
         }
         Ok(Some(data))
     }
@@ -254,72 +304,93 @@ impl SecretStore for FolderStore {
         name: &str,
         data: &SecretData,
     ) -> Result<(), StoreError> {
-        let dir = self.secret_dir(cluster, namespace, name);
-        fs::create_dir_all(&dir).map_err(io(&dir, "cannot create"))?;
-        let stamp = format!(
-            "..{}_{}",
-            std::process::id(),
-            COUNTER.fetch_add(1, Ordering::Relaxed)
+        self.write_all(&[SecretWrite {
+            cluster,
+            namespace,
+            name,
+            data,
+        }])
+    }
+
+    /// Replaces secrets by `..data` swaps, syncing them together: every new file and its folder
+    /// reaches the disk before any swap, and every swapped folder (and any folder made for it)
+    /// after the swaps, before this returns. A crash leaves each secret old or new, never half.
+    fn write_all(&self, writes: &[SecretWrite<'_>]) -> Result<(), StoreError> {
+        let staged = in_parallel(
+            writes.len(),
+            SYNC_WORKERS,
+            |_| false,
+            |i| self.stage(&writes[i]),
         );
-        let new_dir = dir.join(&stamp);
-        fs::DirBuilder::new()
-            .mode(0o755)
-            .create(&new_dir)
-            .map_err(io(&new_dir, "cannot create"))?;
-        let staged = (|| {
-            for (key, bytes) in data {
-                let path = new_dir.join(key);
-                let mode = if PRIVATE_KEYS.contains(&key.as_str()) {
-                    0o600
-                } else {
-                    0o644
-                };
-                let mut f = fs::OpenOptions::new()
-                    .write(true)
-                    .create_new(true)
-                    .mode(mode)
-                    .open(&path)
-                    .map_err(io(&path, "cannot write"))?;
-                std::io::Write::write_all(&mut f, bytes).map_err(io(&path, "cannot write"))?;
-                f.sync_all().map_err(io(&path, "cannot write"))?;
+        let mut ready = Vec::with_capacity(staged.len());
+        let mut first_error = None;
+        for s in staged {
+            match s {
+                Ok(s) => ready.push(s),
+                Err(e) => {
+                    first_error.get_or_insert(e);
+                }
             }
-            let tmp_link = dir.join("..data_tmp");
-            let _ = fs::remove_file(&tmp_link);
-            symlink(&stamp, &tmp_link).map_err(io(&tmp_link, "cannot link"))?;
-            Ok::<_, StoreError>(tmp_link)
-        })();
-        let tmp_link = match staged {
-            Ok(l) => l,
-            Err(e) => {
-                let _ = fs::remove_dir_all(&new_dir);
-                return Err(e);
-            }
+        }
+        if let Some(e) = first_error {
+            // Refused before any swap: nothing changes.
+            ready.iter().for_each(Staged::discard);
+            return Err(e);
+        }
+        // Swaps of different secrets are independent and go on several threads; two writes of
+        // one secret share its `..data_tmp`, so a batch holding any goes one by one, in order.
+        // After a failing swap no new one starts.
+        let mut distinct: Vec<&Path> = ready.iter().map(|s| s.dir.as_path()).collect();
+        distinct.sort();
+        distinct.dedup();
+        let workers = if distinct.len() == ready.len() {
+            FS_WORKERS
+        } else {
+            1
         };
-        let data_link = dir.join("..data");
-        let old = fs::read_link(&data_link).ok();
-        fs::rename(&tmp_link, &data_link).map_err(io(&data_link, "cannot swap"))?;
-        for key in data.keys() {
-            let link = dir.join(key);
-            if fs::symlink_metadata(&link).is_err() {
-                symlink(format!("..data/{key}"), &link).map_err(io(&link, "cannot link"))?;
+        let mut swaps = in_parallel(ready.len(), workers, Result::is_err, |i| {
+            ready[i].commit(writes[i].data)
+        })
+        .into_iter();
+        let mut committed = Vec::with_capacity(ready.len());
+        let mut failed = None;
+        for s in &ready {
+            match swaps.next() {
+                Some(Ok(old)) => committed.push((s, old)),
+                Some(Err(e)) => {
+                    failed.get_or_insert(e);
+                }
+                None => s.discard(),
             }
         }
-        // Keys the new data no longer has.
-        for e in fs::read_dir(&dir)
-            .map_err(io(&dir, "cannot list"))?
-            .flatten()
-        {
-            let key = e.file_name().to_string_lossy().into_owned();
-            if !key.starts_with('.') && !data.contains_key(&key) {
-                let _ = fs::remove_file(e.path());
-            }
+        let mut dirs: Vec<&Path> = committed
+            .iter()
+            .flat_map(|(s, _)| s.dirs_after.iter().map(PathBuf::as_path))
+            .collect();
+        dirs.sort();
+        dirs.dedup();
+        let synced = in_parallel(dirs.len(), SYNC_WORKERS, Result::is_err, |i| {
+            sync_path(dirs[i])
+        })
+        .into_iter()
+        .collect::<Result<Vec<()>, _>>();
+        // Old data folders go last, when nothing points at them any more.
+        let olds: Vec<PathBuf> = committed
+            .iter()
+            .filter_map(|(s, old)| old.as_ref().map(|o| s.dir.join(o)))
+            .collect();
+        in_parallel(
+            olds.len(),
+            FS_WORKERS,
+            |_| false,
+            |i| {
+                let _ = fs::remove_dir_all(&olds[i]);
+            },
+        );
+        match failed {
+            Some(e) => Err(e),
+            None => synced.map(|_| ()),
         }
-        if let Some(old) = old
-            && old != Path::new(&stamp)
-        {
-            let _ = fs::remove_dir_all(dir.join(old));
-        }
-        Ok(())
     }
 
     fn describe(&self, cluster: &str, namespace: &str, name: &str) -> String {
@@ -349,6 +420,211 @@ impl SecretStore for FolderStore {
             }
         }
     }
+}
+
+impl FolderStore {
+    /// Writes a secret's files into a new hidden folder beside its `..data`, each synced, then
+    /// the folder: nothing points at them yet.
+    fn stage(&self, w: &SecretWrite<'_>) -> Result<Staged, StoreError> {
+        let dir = self.secret_dir(w.cluster, w.namespace, w.name);
+        let mut made = Vec::new();
+        let mut dirs_after = Vec::new();
+        if !dir.is_dir() {
+            // Each folder made here is a new entry in its parent: those parents are synced too.
+            let mut cur = dir.as_path();
+            while !cur.exists() {
+                let Some(parent) = cur.parent() else { break };
+                made.push(cur.to_owned());
+                dirs_after.push(parent.to_owned());
+                cur = parent;
+            }
+            if let Err(e) = fs::create_dir_all(&dir) {
+                remove_empty(&made);
+                return Err(io(&dir, "cannot create")(e));
+            }
+        }
+        dirs_after.push(dir.clone());
+        let stamp = format!(
+            "..{}_{}",
+            std::process::id(),
+            COUNTER.fetch_add(1, Ordering::Relaxed)
+        );
+        let new_dir = dir.join(&stamp);
+        if let Err(e) = fs::DirBuilder::new().mode(0o755).create(&new_dir) {
+            remove_empty(&made);
+            return Err(io(&new_dir, "cannot create")(e));
+        }
+        let staged = Staged {
+            dir,
+            stamp,
+            made,
+            dirs_after,
+        };
+        let written = (|| {
+            for (key, bytes) in w.data {
+                let path = new_dir.join(key);
+                let mode = if PRIVATE_KEYS.contains(&key.as_str()) {
+                    0o600
+                } else {
+                    0o644
+                };
+                let mut f = fs::OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .mode(mode)
+                    .open(&path)
+                    .map_err(io(&path, "cannot write"))?;
+                std::io::Write::write_all(&mut f, bytes).map_err(io(&path, "cannot write"))?;
+                f.sync_all().map_err(io(&path, "cannot write"))?;
+            }
+            sync_path(&new_dir)
+        })();
+        match written {
+            Ok(()) => Ok(staged),
+            Err(e) => {
+                staged.discard();
+                Err(e)
+            }
+        }
+    }
+}
+
+/// A secret's new data folder, written and synced, not yet swapped in.
+struct Staged {
+    /// The secret's folder.
+    dir: PathBuf,
+    /// The new data folder's name in it.
+    stamp: String,
+    /// Folders made for the secret, deepest first: removed again if it is not swapped in.
+    made: Vec<PathBuf>,
+    /// Folders whose entries the swap changes or that were made for it, to sync after it.
+    dirs_after: Vec<PathBuf>,
+}
+
+impl Staged {
+    /// Swaps `..data` to the new folder and links any new key; returns the old data folder's name.
+    fn commit(&self, data: &SecretData) -> Result<Option<PathBuf>, StoreError> {
+        let dir = &self.dir;
+        let tmp_link = dir.join("..data_tmp");
+        let _ = fs::remove_file(&tmp_link);
+        if let Err(e) = symlink(&self.stamp, &tmp_link) {
+            self.discard();
+            return Err(io(&tmp_link, "cannot link")(e));
+        }
+        let data_link = dir.join("..data");
+        let old = fs::read_link(&data_link).ok();
+        if let Err(e) = fs::rename(&tmp_link, &data_link) {
+            let _ = fs::remove_file(&tmp_link);
+            self.discard();
+            return Err(io(&data_link, "cannot swap")(e));
+        }
+        for key in data.keys() {
+            let link = dir.join(key);
+            if fs::symlink_metadata(&link).is_err() {
+                symlink(format!("..data/{key}"), &link).map_err(io(&link, "cannot link"))?;
+            }
+        }
+        // Keys the new data no longer has.
+        for e in fs::read_dir(dir).map_err(io(dir, "cannot list"))?.flatten() {
+            let key = e.file_name().to_string_lossy().into_owned();
+            if !key.starts_with('.') && !data.contains_key(&key) {
+                let _ = fs::remove_file(e.path());
+            }
+        }
+        Ok(old.filter(|o| o != Path::new(&self.stamp)))
+    }
+
+    /// Removes what staging made for a secret that will not be swapped in.
+    fn discard(&self) {
+        let _ = fs::remove_dir_all(self.dir.join(&self.stamp));
+        remove_empty(&self.made);
+    }
+}
+
+/// Removes folders, deepest first, as long as they are empty (or already gone).
+fn remove_empty(dirs: &[PathBuf]) {
+    for d in dirs {
+        match fs::remove_dir(d) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(_) => return,
+        }
+    }
+}
+
+/// Flushes a file or folder to the disk.
+fn sync_path(path: &Path) -> Result<(), StoreError> {
+    fs::File::open(path)
+        .and_then(|f| f.sync_all())
+        .map_err(io(path, "cannot sync"))
+}
+
+/// Runs `job(i)` for every `i` in `0..n` on up to `workers` threads, the calling one among them,
+/// each thread taking the next index when it finishes one (so that a slow job, an RSA key say,
+/// holds up no fixed share). Once a result satisfies `stop`, no new index is taken. Returns the
+/// results of indices `0..m` in order, `m <= n`: every index below a stopping one has run, so the
+/// first stopping result in order is the one a plain loop would have stopped at.
+pub(crate) fn in_parallel<R: Send>(
+    n: usize,
+    workers: usize,
+    stop: impl Fn(&R) -> bool + Sync,
+    job: impl Fn(usize) -> R + Sync,
+) -> Vec<R> {
+    let workers = workers.min(n);
+    if workers <= 1 {
+        let mut out = Vec::with_capacity(n);
+        for i in 0..n {
+            let r = job(i);
+            let done = stop(&r);
+            out.push(r);
+            if done {
+                break;
+            }
+        }
+        return out;
+    }
+    let next = AtomicUsize::new(0);
+    let stopped = AtomicBool::new(false);
+    let work = || {
+        let mut out = Vec::new();
+        while !stopped.load(Ordering::Relaxed) {
+            let i = next.fetch_add(1, Ordering::Relaxed);
+            if i >= n {
+                break;
+            }
+            let r = job(i);
+            if stop(&r) {
+                stopped.store(true, Ordering::Relaxed);
+            }
+            out.push((i, r));
+        }
+        out
+    };
+    let mut all = std::thread::scope(|s| {
+        let others: Vec<_> = (1..workers).map(|_| s.spawn(work)).collect();
+        let mut all = work();
+        for h in others {
+            match h.join() {
+                Ok(part) => all.extend(part),
+                // A job panicked: carry on unwinding, as a plain loop would have.
+                Err(panic) => std::panic::resume_unwind(panic),
+            }
+        }
+        all
+    });
+    all.sort_unstable_by_key(|(i, _)| *i);
+    all.into_iter().map(|(_, r)| r).collect()
+}
+
+/// [`in_parallel`] for jobs that can fail: every result in order, or the first failure in order.
+pub(crate) fn try_in_parallel<T: Send, E: Send>(
+    n: usize,
+    workers: usize,
+    job: impl Fn(usize) -> Result<T, E> + Sync,
+) -> Result<Vec<T>, E> {
+    in_parallel(n, workers, Result::is_err, job)
+        .into_iter()
+        .collect()
 }
 
 #[cfg(test)]
@@ -401,5 +677,81 @@ mod tests {
             .collect();
         assert_eq!(hidden.len(), 1, "old data folders are removed: {hidden:?}");
         assert_eq!(s.clusters().unwrap(), ["c1"]);
+    }
+
+    fn hidden(dir: &Path) -> Vec<String> {
+        let mut out: Vec<String> = fs::read_dir(dir)
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with(".."))
+            .collect();
+        out.sort();
+        out
+    }
+
+    #[test]
+    fn a_batch_replaces_each_secret_whole_and_a_refused_batch_changes_nothing() {
+        let t = tempfile::tempdir().unwrap();
+        let s = FolderStore::open(t.path()).unwrap();
+        let data = |v: &str| {
+            let mut d = SecretData::new();
+            d.insert("ca-cert.pem".into(), v.as_bytes().to_vec());
+            d.insert("ca-key.pem".into(), format!("key {v}").into_bytes());
+            d
+        };
+        let (a1, b1, a2) = (data("a1"), data("b1"), data("a2"));
+        let w = |cluster, data| SecretWrite {
+            cluster,
+            namespace: "istio-system",
+            name: "cacerts",
+            data,
+        };
+        // Two writes of one secret in a batch land in order.
+        s.write_all(&[w("a", &a1), w("b", &b1), w("a", &a2)])
+            .unwrap();
+        assert_eq!(
+            s.read("a", "istio-system", "cacerts").unwrap(),
+            Some(a2.clone())
+        );
+        assert_eq!(
+            s.read("b", "istio-system", "cacerts").unwrap(),
+            Some(b1.clone())
+        );
+        let dir_a = s.secret_dir("a", "istio-system", "cacerts");
+        assert_eq!(hidden(&dir_a).len(), 2, "..data and one data folder");
+
+        // A key that cannot be written refuses the whole batch before any swap.
+        let mut bad = data("b2");
+        bad.insert("no/such/folder".into(), b"x".to_vec());
+        let b2 = data("b2");
+        let before = hidden(&dir_a);
+        assert!(
+            s.write_all(&[w("b", &b2), w("c", &b2), w("a", &bad)])
+                .is_err()
+        );
+        assert_eq!(
+            s.read("b", "istio-system", "cacerts").unwrap(),
+            Some(b1.clone())
+        );
+        assert_eq!(hidden(&dir_a), before, "the staged folder is removed");
+        assert!(s.read("c", "istio-system", "cacerts").unwrap().is_none());
+        assert!(
+            !t.path().join("c").exists(),
+            "folders made for it are removed"
+        );
+    }
+
+    #[test]
+    fn parallel_runs_keep_order_and_stop_at_the_first_failure_in_order() {
+        let all = try_in_parallel(1000, 4, |i| Ok::<_, usize>(i * 2)).unwrap();
+        assert_eq!(all, (0..1000).map(|i| i * 2).collect::<Vec<_>>());
+        for workers in [1, 2, 8] {
+            let err = try_in_parallel(1000, workers, |i| {
+                if i == 700 || i == 300 { Err(i) } else { Ok(i) }
+            });
+            assert_eq!(err, Err(300), "{workers} workers");
+        }
+        assert!(try_in_parallel(0, 4, Ok::<_, ()>).unwrap().is_empty());
     }
 }
