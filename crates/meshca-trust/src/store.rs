@@ -88,13 +88,18 @@ pub trait SecretStore: Send + Sync {
         namespace: &str,
         name: &str,
     ) -> Result<Option<String>, StoreError> {
-        use std::hash::{Hash, Hasher};
-        Ok(self.read(cluster, namespace, name)?.map(|d| {
-            let mut h = std::collections::hash_map::DefaultHasher::new();
-            d.hash(&mut h);
-            format!("{:016x}", h.finish())
-        }))
+        Ok(self
+            .read(cluster, namespace, name)?
+            .map(|d| content_version(&d)))
     }
+}
+
+/// A token of a secret's contents, for stores that keep no version of their own.
+fn content_version(data: &SecretData) -> String {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    data.hash(&mut h);
+    format!("{:016x}", h.finish())
 }
 
 type SecretKey = (String, String, String);
@@ -410,14 +415,9 @@ impl SecretStore for FolderStore {
         let dir = self.secret_dir(cluster, namespace, name);
         match fs::read_link(dir.join("..data")) {
             Ok(target) => Ok(Some(target.to_string_lossy().into_owned())),
-            Err(_) => {
-                use std::hash::{Hash, Hasher};
-                Ok(self.read(cluster, namespace, name)?.map(|d| {
-                    let mut h = std::collections::hash_map::DefaultHasher::new();
-                    d.hash(&mut h);
-                    format!("{:016x}", h.finish())
-                }))
-            }
+            Err(_) => Ok(self
+                .read(cluster, namespace, name)?
+                .map(|d| content_version(&d))),
         }
     }
 }
