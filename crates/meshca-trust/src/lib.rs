@@ -8,6 +8,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod cache;
 pub mod cfssl;
 pub mod policy;
 pub mod reconcile;
@@ -16,8 +17,10 @@ mod signer;
 pub mod simulate;
 pub mod store;
 
+pub use cache::BundleCache;
 pub use reconcile::{
-    ClusterStatus, Outcome, Report, Status, TrustError, reconcile, start_root_rotation, status,
+    ClusterStatus, Outcome, Report, Status, TrustError, reconcile, reconcile_with,
+    start_root_rotation, status,
 };
 pub use rotation::{RotationPhase, RotationState};
 pub use store::{FolderStore, MemoryStore, SecretStore};

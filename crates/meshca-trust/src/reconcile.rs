@@ -17,6 +17,7 @@ use meshca_pki::{
 use meshca_store::StoreError;
 use time::{Duration, OffsetDateTime};
 
+use crate::cache::BundleCache;
 use crate::policy::{RootSource, SecretRef, TrustPolicy};
 use crate::rotation::{self, RotationPhase, RotationState, Step};
 use crate::signer::{Signer, connect_external};
@@ -435,10 +436,11 @@ fn matches_target(
     t: &Target<'_>,
     cluster: &str,
     now: OffsetDateTime,
+    cache: &BundleCache,
 ) -> bool {
     let Some(data) = data else { return false };
     let where_ = format!("{cluster}/{ISTIO_NAMESPACE}/{CACERTS}");
-    match CacertsBundle::from_files(data, &where_, now) {
+    match cache.load(data, &where_, now) {
         Ok(b) => signed_by(&b, t.ca.signer.cert()) && b.roots() == t.roots.as_slice(),
         Err(_) => false,
     }
@@ -456,12 +458,13 @@ fn classify(
     policy: &TrustPolicy,
     cluster: &str,
     now: OffsetDateTime,
+    cache: &BundleCache,
 ) -> Need {
     let Some(data) = data else {
         return Need::Reissue("no cacerts".to_owned());
     };
     let where_ = format!("{cluster}/{ISTIO_NAMESPACE}/{CACERTS}");
-    let bundle = match CacertsBundle::from_files(data, &where_, now) {
+    let bundle = match cache.load(data, &where_, now) {
         Ok(b) => b,
         Err(e) => return Need::Reissue(format!("invalid: {e}")),
     };
@@ -484,8 +487,39 @@ fn classify(
 
 /// Reconciles once. `force` names clusters to rotate even when fresh (all if it holds "*").
 /// A root rotation in progress (or falling due under the policy) moves on as far as the store
-/// and the clock allow.
+/// and the clock allow. Every bundle is loaded and verified afresh: see [`reconcile_with`] for
+/// a manager that reconciles again and again.
 pub fn reconcile(
+    store: &dyn SecretStore,
+    policy: &TrustPolicy,
+    mgmt: &str,
+    only: &[String],
+    force: &[String],
+    now: OffsetDateTime,
+) -> Result<Report, TrustError> {
+    reconcile_with(&BundleCache::new(), store, policy, mgmt, only, force, now)
+}
+
+/// [`reconcile`], keeping the bundles it verifies (and makes) in `cache` for the next call: a
+/// bundle found byte for byte as verified before is not parsed and verified again (see
+/// [`crate::cache`]). The cache keeps only what this reconcile used.
+pub fn reconcile_with(
+    cache: &BundleCache,
+    store: &dyn SecretStore,
+    policy: &TrustPolicy,
+    mgmt: &str,
+    only: &[String],
+    force: &[String],
+    now: OffsetDateTime,
+) -> Result<Report, TrustError> {
+    cache.begin();
+    let report = reconcile_pass(cache, store, policy, mgmt, only, force, now);
+    cache.sweep();
+    report
+}
+
+fn reconcile_pass(
+    cache: &BundleCache,
     store: &dyn SecretStore,
     policy: &TrustPolicy,
     mgmt: &str,
@@ -551,15 +585,7 @@ pub fn reconcile(
             state.as_ref().map(|s| s.phase),
             &passive,
         );
-        let renewals = pass(
-            store,
-            policy,
-            &t,
-            &in_scope,
-            &force_left,
-            &mut outcomes,
-            now,
-        )?;
+        let renewals = pass(cache, store, policy, &t, &force_left, &mut outcomes, now)?;
         force_left.clear();
         for due in renewals {
             report.next_check = Some(report.next_check.map_or(due, |n| n.min(due)));
@@ -576,7 +602,7 @@ pub fn reconcile(
                 let c = &all[i];
                 store
                     .read(c, ISTIO_NAMESPACE, CACERTS)
-                    .map(|data| matches_target(data.as_ref(), &t, c, now))
+                    .map(|data| matches_target(data.as_ref(), &t, c, now, cache))
             },
         );
         let settled = match gate.into_iter().find(|r| !matches!(r, Ok(true))) {
@@ -660,25 +686,27 @@ fn check_lifetime(policy: &TrustPolicy, ca: &Certificate) -> Result<(), TrustErr
 
 /// One pass over the clusters against one target: plan (reading every cluster first, so that
 /// refusals come before any write), make and prove the new bundles, then write them. Returns the
-/// renewal times of every cluster left fresh or newly written.
+/// renewal times of every cluster left fresh or newly written. The clusters are those of
+/// `outcomes`, in its order.
 ///
 /// Reading and classifying, and making and proving, run on every core: each cluster's work is
 /// independent, and the first failure in cluster order is the one returned, as in a plain loop.
 fn pass(
+    cache: &BundleCache,
     store: &dyn SecretStore,
     policy: &TrustPolicy,
     t: &Target<'_>,
-    in_scope: &[String],
     force: &[String],
     outcomes: &mut [(String, Outcome)],
     now: OffsetDateTime,
 ) -> Result<Vec<OffsetDateTime>, TrustError> {
+    let in_scope: Vec<String> = outcomes.iter().map(|(c, _)| c.clone()).collect();
     let workers = cpu_workers();
     let classified = try_in_parallel(in_scope.len(), workers, |i| {
         let cluster = &in_scope[i];
         let current = store.read(cluster, ISTIO_NAMESPACE, CACERTS)?;
         let forced = force.iter().any(|f| f == cluster || f == "*");
-        let need = match classify(current.as_ref(), t, policy, cluster, now) {
+        let need = match classify(current.as_ref(), t, policy, cluster, now, cache) {
             Need::Fresh(_) | Need::Roots if forced => {
                 Need::Reissue("rotation requested".to_owned())
             }
@@ -719,6 +747,11 @@ fn pass(
         let bundle = prove(&data, cluster, now)?;
         let c = bundle.signer().cert();
         let due = renew_at(c.not_before(), c.not_after(), policy.grace_ratio);
+        cache.keep(
+            &data,
+            &format!("{cluster}/{ISTIO_NAMESPACE}/{CACERTS}"),
+            bundle,
+        );
         Ok::<_, TrustError>((data, outcome, due))
     })?;
     renewals.extend(made.iter().map(|(_, _, due)| *due));
@@ -920,6 +953,8 @@ pub fn status(
         .as_ref()
         .map(|c| target(c, next.as_ref(), state.as_ref().map(|s| s.phase), &passive));
     let mut out = Vec::new();
+    // Each bundle is loaded once for the three questions asked of it.
+    let cache = BundleCache::new();
     for cluster in clusters(store, policy, mgmt, only)? {
         let mut st = ClusterStatus {
             cluster: cluster.clone(),
@@ -931,7 +966,7 @@ pub fn status(
         };
         let data = store.read(&cluster, ISTIO_NAMESPACE, CACERTS)?;
         if let (Some(s), Some(t)) = (&state, &t) {
-            let done = matches_target(data.as_ref(), t, &cluster, now);
+            let done = matches_target(data.as_ref(), t, &cluster, now, &cache);
             st.rotation = Some(format!(
                 "{}: {}",
                 s.phase.label(),
@@ -940,7 +975,7 @@ pub fn status(
         }
         match data {
             None => st.problems.push("no cacerts yet".into()),
-            Some(data) => match CacertsBundle::from_files(
+            Some(data) => match cache.load(
                 &data,
                 &format!("{cluster}/{ISTIO_NAMESPACE}/{CACERTS}"),
                 now,
@@ -957,7 +992,7 @@ pub fn status(
                     )));
                     match &t {
                         None => st.problems.push("the policy's CA cannot be loaded".into()),
-                        Some(t) => match classify(Some(&data), t, policy, &cluster, now) {
+                        Some(t) => match classify(Some(&data), t, policy, &cluster, now, &cache) {
                             Need::Fresh(_) => {}
                             Need::Roots => st
                                 .problems

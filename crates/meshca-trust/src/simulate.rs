@@ -14,6 +14,7 @@ use meshca_pki::{
 };
 use time::{Duration, OffsetDateTime};
 
+use crate::cache::BundleCache;
 use crate::policy::{RootSource, SecretRef, TrustPolicy};
 use crate::reconcile::{self, CACERTS, ISTIO_NAMESPACE, Outcome, TrustError};
 use crate::store::{MemoryStore, SecretData, SecretStore};
@@ -138,6 +139,8 @@ pub struct Simulation {
     next_leaf: u64,
     report: SimReport,
     start: OffsetDateTime,
+    /// The manager's verified bundles, as `trust run` keeps them; lost when it is killed.
+    cache: BundleCache,
 }
 
 const MGMT: &str = "mgmt";
@@ -204,6 +207,7 @@ impl Simulation {
             next_leaf: 0,
             report,
             start,
+            cache: BundleCache::new(),
         })
     }
 
@@ -234,7 +238,12 @@ impl Simulation {
         self.report.reconciles += 1;
         let before = self.store.writes();
         let phase = self.phase();
-        let result = reconcile::reconcile(&self.store, &self.policy, MGMT, &[], &[], at);
+        let result =
+            reconcile::reconcile_with(&self.cache, &self.store, &self.policy, MGMT, &[], &[], at);
+        if result.is_err() {
+            // A manager that fails (or is killed) comes back as a new process, with nothing kept.
+            self.cache = BundleCache::new();
+        }
         let after = self.phase();
         if phase.is_some() || after.is_some() {
             for number in before..self.store.writes() {

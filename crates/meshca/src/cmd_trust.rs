@@ -399,13 +399,16 @@ fn run_loop(r: &RunArgs) -> anyhow::Result<ExitCode> {
     rt.block_on(async move {
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
         let mut policy_text = std::fs::read(&r.common.policy).unwrap_or_default();
+        // Bundles verified by one reconcile and found unchanged by the next are not verified again.
+        let cache = std::sync::Arc::new(meshca_trust::BundleCache::new());
         loop {
             let seen = store_fingerprint(&store, &policy, &mgmt).unwrap_or_default();
             let now = OffsetDateTime::now_utc();
             let wake = {
                 let (s, p, m, only) = (store.clone(), policy.clone(), mgmt.clone(), r.common.clusters.clone());
+                let c = std::sync::Arc::clone(&cache);
                 let result = tokio::task::spawn_blocking(move || {
-                    meshca_trust::reconcile(&s, &p, &m, &only, &[], now)
+                    meshca_trust::reconcile_with(&c, &s, &p, &m, &only, &[], now)
                 })
                 .await?;
                 let mut stdout = std::io::stdout().lock();
