@@ -19,7 +19,8 @@ use time::OffsetDateTime;
 
 use crate::store::SecretData;
 
-type Digest = [u8; 32];
+/// A secret's digest: see [`digest`].
+pub(crate) type Digest = [u8; 32];
 
 /// Verified bundles, shared by the threads of a reconcile and kept across reconciles.
 #[derive(Default)]
@@ -99,17 +100,33 @@ impl BundleCache {
         where_: &str,
         now: OffsetDateTime,
     ) -> Result<Arc<CacertsBundle>, PkiError> {
-        let key = digest(data, where_);
-        {
-            let mut inner = self.lock();
-            let generation = inner.generation;
-            if let Some((bundle, g)) = inner.entries.get_mut(&key)
-                && bundle.path().certs().iter().all(|c| c.is_valid_at(now))
-            {
-                *g = generation;
-                self.hits.fetch_add(1, Ordering::Relaxed);
-                return Ok(Arc::clone(bundle));
-            }
+        self.load_digested(digest(data, where_), data, where_, now)
+    }
+
+    /// The bundle kept under `key` (a [`digest`]), if every certificate of its path is valid
+    /// at `now`.
+    pub(crate) fn get(&self, key: &Digest, now: OffsetDateTime) -> Option<Arc<CacertsBundle>> {
+        let mut inner = self.lock();
+        let generation = inner.generation;
+        let (bundle, g) = inner.entries.get_mut(key)?;
+        if !bundle.path().certs().iter().all(|c| c.is_valid_at(now)) {
+            return None;
+        }
+        *g = generation;
+        self.hits.fetch_add(1, Ordering::Relaxed);
+        Some(Arc::clone(bundle))
+    }
+
+    /// [`BundleCache::load`] with the digest of `data` and `where_` already worked out.
+    pub(crate) fn load_digested(
+        &self,
+        key: Digest,
+        data: &SecretData,
+        where_: &str,
+        now: OffsetDateTime,
+    ) -> Result<Arc<CacertsBundle>, PkiError> {
+        if let Some(bundle) = self.get(&key, now) {
+            return Ok(bundle);
         }
         // Loaded outside the lock: the other threads of the reconcile go on meanwhile.
         self.misses.fetch_add(1, Ordering::Relaxed);
@@ -118,13 +135,8 @@ impl BundleCache {
     }
 
     /// Keeps a bundle just made and proven from `data`: the next reconcile reads those bytes back.
-    pub(crate) fn keep(
-        &self,
-        data: &SecretData,
-        where_: &str,
-        bundle: CacertsBundle,
-    ) -> Arc<CacertsBundle> {
-        self.insert(digest(data, where_), bundle)
+    pub(crate) fn keep(&self, key: Digest, bundle: CacertsBundle) -> Arc<CacertsBundle> {
+        self.insert(key, bundle)
     }
 
     fn insert(&self, key: Digest, bundle: CacertsBundle) -> Arc<CacertsBundle> {
@@ -138,7 +150,7 @@ impl BundleCache {
 
 /// SHA-256 over the place and every key and value, each length-prefixed, so that no two
 /// different secrets (or one secret in two places) share a digest.
-fn digest(data: &SecretData, where_: &str) -> Digest {
+pub(crate) fn digest(data: &SecretData, where_: &str) -> Digest {
     let mut ctx = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
     let mut field = |bytes: &[u8]| {
         ctx.update(&(bytes.len() as u64).to_be_bytes());

@@ -16,6 +16,7 @@ pub mod rotation;
 mod signer;
 pub mod simulate;
 pub mod store;
+pub mod verified;
 
 pub use cache::BundleCache;
 pub use reconcile::{

@@ -17,11 +17,12 @@ use meshca_pki::{
 use meshca_store::StoreError;
 use time::{Duration, OffsetDateTime};
 
-use crate::cache::BundleCache;
+use crate::cache::{self, BundleCache};
 use crate::policy::{RootSource, SecretRef, TrustPolicy};
 use crate::rotation::{self, RotationPhase, RotationState, Step};
 use crate::signer::{Signer, connect_external};
 use crate::store::{SecretData, SecretStore, SecretWrite, in_parallel, try_in_parallel};
+use crate::verified::{Against, Facts, Records};
 
 /// Istio's namespace and secret name.
 pub const ISTIO_NAMESPACE: &str = "istio-system";
@@ -330,6 +331,8 @@ fn passive_roots(
 struct Target<'a> {
     ca: &'a PolicyCa,
     roots: Vec<Certificate>,
+    /// The two, as records of verified bundles are checked against them.
+    against: Against,
 }
 
 fn union(parts: &[&[Certificate]]) -> Vec<Certificate> {
@@ -350,23 +353,18 @@ fn target<'a>(
     phase: Option<RotationPhase>,
     passive: &[Certificate],
 ) -> Target<'a> {
-    match (phase, next) {
-        (Some(RotationPhase::AddRoot), Some(n)) => Target {
-            ca: current,
-            roots: union(&[&current.roots, &n.roots, passive]),
-        },
-        (Some(RotationPhase::Reissue), Some(n)) => Target {
-            ca: n,
-            roots: union(&[&current.roots, &n.roots, passive]),
-        },
-        (Some(RotationPhase::DropRoot), Some(n)) => Target {
-            ca: n,
-            roots: union(&[&n.roots, passive]),
-        },
-        _ => Target {
-            ca: current,
-            roots: union(&[&current.roots, passive]),
-        },
+    let (ca, roots) = match (phase, next) {
+        (Some(RotationPhase::AddRoot), Some(n)) => {
+            (current, union(&[&current.roots, &n.roots, passive]))
+        }
+        (Some(RotationPhase::Reissue), Some(n)) => (n, union(&[&current.roots, &n.roots, passive])),
+        (Some(RotationPhase::DropRoot), Some(n)) => (n, union(&[&n.roots, passive])),
+        _ => (current, union(&[&current.roots, passive])),
+    };
+    Target {
+        against: Against::new(ca.signer.cert(), &roots),
+        ca,
+        roots,
     }
 }
 
@@ -436,14 +434,63 @@ fn matches_target(
     t: &Target<'_>,
     cluster: &str,
     now: OffsetDateTime,
-    cache: &BundleCache,
+    known: Known<'_>,
 ) -> bool {
     let Some(data) = data else { return false };
+    judge(data, t, cluster, now, known).is_ok_and(|j| j.signed && j.roots_match)
+}
+
+/// What the reconciler keeps of bundles it verified: in this process, and in the store.
+#[derive(Clone, Copy)]
+struct Known<'a> {
+    cache: &'a BundleCache,
+    records: &'a Records,
+}
+
+/// What a reconcile knows of a cluster's bundle against a target.
+struct Judged {
+    digest: cache::Digest,
+    facts: Facts,
+    /// The target's CA signed its signing certificate.
+    signed: bool,
+    /// Its root bundle is the target's.
+    roots_match: bool,
+}
+
+/// Judges a bundle against a target: from the same bytes loaded before in this process, else
+/// from a record of the same bytes verified against the target, else by loading it as istiod
+/// does.
+fn judge(
+    data: &SecretData,
+    t: &Target<'_>,
+    cluster: &str,
+    now: OffsetDateTime,
+    known: Known<'_>,
+) -> Result<Judged, PkiError> {
     let where_ = format!("{cluster}/{ISTIO_NAMESPACE}/{CACERTS}");
-    match cache.load(data, &where_, now) {
-        Ok(b) => signed_by(&b, t.ca.signer.cert()) && b.roots() == t.roots.as_slice(),
-        Err(_) => false,
-    }
+    let digest = cache::digest(data, &where_);
+    let bundle = match known.cache.get(&digest, now) {
+        Some(b) => b,
+        None => {
+            if let Some(facts) = known.records.lookup(cluster, &digest, t.against)
+                && facts.valid_at(now)
+            {
+                return Ok(Judged {
+                    digest,
+                    facts,
+                    signed: true,
+                    roots_match: true,
+                });
+            }
+            known.cache.load_digested(digest, data, &where_, now)?
+        }
+    };
+    Ok(Judged {
+        digest,
+        facts: Facts::of(&bundle),
+        signed: signed_by(&bundle, t.ca.signer.cert()),
+        roots_match: bundle.roots() == t.roots.as_slice(),
+    })
 }
 
 /// Whether `ca` signed the bundle's signing certificate. Loading the bundle verified its path, so
@@ -452,36 +499,40 @@ fn signed_by(bundle: &CacertsBundle, ca: &Certificate) -> bool {
     bundle.path().certs().get(1) == Some(ca) || bundle.signer().cert().check_signed_by(ca).is_ok()
 }
 
+/// What a cluster's bundle needs against the target; a fresh one is noted in the records.
 fn classify(
     data: Option<&SecretData>,
     t: &Target<'_>,
     policy: &TrustPolicy,
     cluster: &str,
     now: OffsetDateTime,
-    cache: &BundleCache,
+    known: Known<'_>,
 ) -> Need {
     let Some(data) = data else {
         return Need::Reissue("no cacerts".to_owned());
     };
-    let where_ = format!("{cluster}/{ISTIO_NAMESPACE}/{CACERTS}");
-    let bundle = match cache.load(data, &where_, now) {
-        Ok(b) => b,
+    let j = match judge(data, t, cluster, now, known) {
+        Ok(j) => j,
         Err(e) => return Need::Reissue(format!("invalid: {e}")),
     };
-    if !signed_by(&bundle, t.ca.signer.cert()) {
+    if !j.signed {
         return Need::Reissue("not signed by the policy's CA".to_owned());
     }
-    let cert = bundle.signer().cert();
-    let due = renew_at(cert.not_before(), cert.not_after(), policy.grace_ratio);
+    let due = renew_at(
+        j.facts.signer_not_before,
+        j.facts.signer_not_after,
+        policy.grace_ratio,
+    );
     if now >= due {
         return Need::Reissue(format!(
             "less than {:.0}% of its life left",
             policy.grace_ratio * 100.0
         ));
     }
-    if bundle.roots() != t.roots.as_slice() {
+    if !j.roots_match {
         return Need::Roots;
     }
+    known.records.note(cluster, &j.digest, &j.facts, t.against);
     Need::Fresh(due)
 }
 
@@ -529,9 +580,20 @@ fn reconcile_pass(
 ) -> Result<Report, TrustError> {
     let mut report = Report::default();
     let mut current = load_current(store, policy, mgmt, now)?;
+    let records = Records::load(
+        store,
+        policy,
+        mgmt,
+        current.signer.local_key_der().as_deref(),
+    )?;
+    let known = Known {
+        cache,
+        records: &records,
+    };
     let passive = passive_roots(store, policy, mgmt)?;
     let mut state = rotation::load(store, policy, mgmt)?;
-    let present = store.clusters()?;
+    let mut present = store.clusters()?;
+    present.sort();
     let in_scope = select_clusters(&present, policy, mgmt, only)?;
     let all = select_clusters(&present, policy, mgmt, &[])?;
     check_lifetime(policy, current.signer.cert())?;
@@ -585,7 +647,7 @@ fn reconcile_pass(
             state.as_ref().map(|s| s.phase),
             &passive,
         );
-        let renewals = pass(cache, store, policy, &t, &force_left, &mut outcomes, now)?;
+        let renewals = pass(known, store, policy, &t, &force_left, &mut outcomes, now)?;
         force_left.clear();
         for due in renewals {
             report.next_check = Some(report.next_check.map_or(due, |n| n.min(due)));
@@ -602,7 +664,7 @@ fn reconcile_pass(
                 let c = &all[i];
                 store
                     .read(c, ISTIO_NAMESPACE, CACERTS)
-                    .map(|data| matches_target(data.as_ref(), &t, c, now, cache))
+                    .map(|data| matches_target(data.as_ref(), &t, c, now, known))
             },
         );
         let settled = match gate.into_iter().find(|r| !matches!(r, Ok(true))) {
@@ -663,6 +725,8 @@ fn reconcile_pass(
             }
         }
     }
+    // What was verified, for the next reconcile (written only when it changed).
+    records.save(store, policy, mgmt, &present)?;
     report.clusters = outcomes;
     Ok(report)
 }
@@ -692,7 +756,7 @@ fn check_lifetime(policy: &TrustPolicy, ca: &Certificate) -> Result<(), TrustErr
 /// Reading and classifying, and making and proving, run on every core: each cluster's work is
 /// independent, and the first failure in cluster order is the one returned, as in a plain loop.
 fn pass(
-    cache: &BundleCache,
+    known: Known<'_>,
     store: &dyn SecretStore,
     policy: &TrustPolicy,
     t: &Target<'_>,
@@ -706,7 +770,7 @@ fn pass(
         let cluster = &in_scope[i];
         let current = store.read(cluster, ISTIO_NAMESPACE, CACERTS)?;
         let forced = force.iter().any(|f| f == cluster || f == "*");
-        let need = match classify(current.as_ref(), t, policy, cluster, now, cache) {
+        let need = match classify(current.as_ref(), t, policy, cluster, now, known) {
             Need::Fresh(_) | Need::Roots if forced => {
                 Need::Reissue("rotation requested".to_owned())
             }
@@ -747,11 +811,13 @@ fn pass(
         let bundle = prove(&data, cluster, now)?;
         let c = bundle.signer().cert();
         let due = renew_at(c.not_before(), c.not_after(), policy.grace_ratio);
-        cache.keep(
-            &data,
-            &format!("{cluster}/{ISTIO_NAMESPACE}/{CACERTS}"),
-            bundle,
-        );
+        let digest = cache::digest(&data, &format!("{cluster}/{ISTIO_NAMESPACE}/{CACERTS}"));
+        if signed_by(&bundle, t.ca.signer.cert()) && bundle.roots() == t.roots.as_slice() {
+            known
+                .records
+                .note(cluster, &digest, &Facts::of(&bundle), t.against);
+        }
+        known.cache.keep(digest, bundle);
         Ok::<_, TrustError>((data, outcome, due))
     })?;
     renewals.extend(made.iter().map(|(_, _, due)| *due));
@@ -955,6 +1021,11 @@ pub fn status(
     let mut out = Vec::new();
     // Each bundle is loaded once for the three questions asked of it.
     let cache = BundleCache::new();
+    let none = Records::none();
+    let known = Known {
+        cache: &cache,
+        records: &none,
+    };
     for cluster in clusters(store, policy, mgmt, only)? {
         let mut st = ClusterStatus {
             cluster: cluster.clone(),
@@ -966,7 +1037,7 @@ pub fn status(
         };
         let data = store.read(&cluster, ISTIO_NAMESPACE, CACERTS)?;
         if let (Some(s), Some(t)) = (&state, &t) {
-            let done = matches_target(data.as_ref(), t, &cluster, now, &cache);
+            let done = matches_target(data.as_ref(), t, &cluster, now, known);
             st.rotation = Some(format!(
                 "{}: {}",
                 s.phase.label(),
@@ -992,7 +1063,7 @@ pub fn status(
                     )));
                     match &t {
                         None => st.problems.push("the policy's CA cannot be loaded".into()),
-                        Some(t) => match classify(Some(&data), t, policy, &cluster, now, &cache) {
+                        Some(t) => match classify(Some(&data), t, policy, &cluster, now, known) {
                             Need::Fresh(_) => {}
                             Need::Roots => st
                                 .problems

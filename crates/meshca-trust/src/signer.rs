@@ -20,6 +20,14 @@ pub(crate) enum Signer {
 }
 
 impl Signer {
+    /// The signing key as PKCS#8 DER, when meshca holds it.
+    pub(crate) fn local_key_der(&self) -> Option<Vec<u8>> {
+        match self {
+            Signer::Local(s) => Some(s.key().to_pkcs8_der()),
+            Signer::Cfssl(_) => None,
+        }
+    }
+
     /// The signing certificate.
     pub(crate) fn cert(&self) -> &Certificate {
         match self {

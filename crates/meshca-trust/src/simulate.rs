@@ -211,6 +211,12 @@ impl Simulation {
         })
     }
 
+    fn last_finished(&self) -> Option<String> {
+        crate::rotation::last_finished(&self.store, &self.policy, MGMT)
+            .ok()
+            .flatten()
+    }
+
     fn phase(&self) -> Option<crate::rotation::RotationPhase> {
         crate::rotation::load(&self.store, &self.policy, MGMT)
             .ok()
@@ -238,6 +244,7 @@ impl Simulation {
         self.report.reconciles += 1;
         let before = self.store.writes();
         let phase = self.phase();
+        let finished = self.last_finished();
         let result =
             reconcile::reconcile_with(&self.cache, &self.store, &self.policy, MGMT, &[], &[], at);
         if result.is_err() {
@@ -245,6 +252,11 @@ impl Simulation {
             self.cache = BundleCache::new();
         }
         let after = self.phase();
+        // A rotation is finished when the store says so, whether or not the reconcile that
+        // finished it got to report it (a manager killed right after is no less finished).
+        if self.last_finished() != finished {
+            self.report.root_rotations_finished += 1;
+        }
         if phase.is_some() || after.is_some() {
             for number in before..self.store.writes() {
                 self.report.rotation_writes.push(RotationWrite {
@@ -268,9 +280,6 @@ impl Simulation {
                 for e in r.rotation {
                     if e.starts_with("root rotation started") {
                         self.report.root_rotations_started += 1;
-                    }
-                    if e.starts_with("root rotation finished") {
-                        self.report.root_rotations_finished += 1;
                     }
                     self.event(at, e);
                 }
