@@ -1,8 +1,10 @@
 //! `meshca trust`'s reconciler on many clusters: a folder store (the Kubernetes secret-mount
 //! layout, on this machine's disk) with N empty cluster folders and a generated-root policy
 //! (`trust.meshca/v1alpha1`), timed from nothing (every cluster gets its first `cacerts`), as a
-//! no-op (every cluster fresh), reading every `cacerts` without parsing it (the store's share of
-//! a no-op), and as a forced rotation of every cluster. The same steps on a memory store show
+//! no-op (every cluster fresh) twice: in the same process, as `trust run` reconciles again with
+//! the bundles it verified kept, and as a new process (`trust apply`) that verifies every bundle;
+//! reading every `cacerts` without parsing it (the store's share of a no-op), and as a forced
+//! rotation of every cluster. The same steps on a memory store show
 //! what the crypto alone costs. Each figure is the median of several runs, with the process's
 //! CPU time (user + sys, every thread) beside the wall time, so that the use of every core is
 //! visible. Runs once with ECDSA P-256 keys and once with RSA-4096 (on fewer clusters: one
@@ -18,7 +20,10 @@
 //! next run's file creations each step over those 5,000 inodes first, and take seconds instead of
 //! milliseconds. `--settle 310` times every run on a disk as a reconcile minutes after the last
 //! one finds it. Stores are removed only at the end for the same reason (`--keep-stores` leaves
-//! them, and says where).
+//! them, and says where). Without waiting, each run's store is a new folder in a parent marked
+//! as a top of folder trees (`chattr +T`, where the file system has it): ext4 then places each
+//! store, as it places top-level folders, in a group of inodes chosen afresh, which the last
+//! run's deletions most likely did not touch.
 //!
 //! Usage: trust-bench [RUNS] [CLUSTERS] [RSA_CLUSTERS] [--only ecdsa|rsa] [--store folder|memory]
 //!                    [--settle SECONDS] [--keep-stores]
@@ -31,7 +36,10 @@ use std::time::{Duration, Instant};
 
 use meshca_bench::{median, range};
 use meshca_pki::CacertsBundle;
-use meshca_trust::{FolderStore, MemoryStore, Outcome, SecretStore, TrustPolicy, reconcile};
+use meshca_trust::{
+    BundleCache, FolderStore, MemoryStore, Outcome, SecretStore, TrustPolicy, reconcile,
+    reconcile_with,
+};
 use time::OffsetDateTime;
 
 const MGMT: &str = "mgmt";
@@ -76,15 +84,16 @@ struct Sample {
 }
 
 /// What is timed, in order, on each store.
-const STEPS: [&str; 4] = [
+const STEPS: [&str; 5] = [
     "from nothing",
-    "no-op",
+    "no-op (`trust run`)",
+    "no-op (new process)",
     "read only (1 thread)",
     "forced rotation",
 ];
 
 /// Samples per step, in [`STEPS`] order.
-type Samples = [Vec<Sample>; 4];
+type Samples = [Vec<Sample>; 5];
 
 fn main() {
     let mut args: Vec<String> = std::env::args().skip(1).collect();
@@ -152,6 +161,18 @@ fn main() {
     // make the next run's file creations slower on some file systems (ext4 without a journal
     // skips recently deleted inodes one by one).
     let mut keep = Vec::new();
+    let base = tempfile::Builder::new()
+        .prefix("meshca-trust-bench")
+        .tempdir()
+        .unwrap();
+    let spread = std::process::Command::new("chattr")
+        .arg("+T")
+        .arg(base.path())
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !spread {
+        eprintln!("note: stores are not spread over inode groups (chattr +T not available here)");
+    }
     let mut rows: Vec<(&Scenario, &str, Samples)> = Vec::new();
     for sc in &scenarios {
         let root = make_root(&sc.policy);
@@ -167,7 +188,7 @@ fn main() {
                         rustix::fs::sync();
                         std::thread::sleep(settle);
                     }
-                    let (dir, out) = folder_run(&sc.policy, &root, sc.clusters);
+                    let (dir, out) = folder_run(base.path(), &sc.policy, &root, sc.clusters);
                     keep.push(dir);
                     out
                 } else {
@@ -186,8 +207,10 @@ fn main() {
         for dir in keep {
             eprintln!("kept {}", dir.keep().display());
         }
+        let _ = base.keep();
     } else {
         drop(keep);
+        drop(base);
     }
 
     println!(
@@ -208,9 +231,10 @@ fn main() {
     }) {
         let fresh = median(&walls(&folder[0]));
         let noop = median(&walls(&folder[1]));
+        let cold = median(&walls(&folder[2]));
         println!(
             "\nGoals ({} clusters, ECDSA P-256, folder store): from nothing {} (goal ≤ {}, {}), \
-             no-op {} (goal ≤ {}, {}).",
+             no-op {} in `trust run` (goal ≤ {}, {}); {} in a new process ({}).",
             sc.clusters,
             show(fresh),
             show(GOAL_FROM_NOTHING),
@@ -218,6 +242,8 @@ fn main() {
             show(noop),
             show(GOAL_NO_OP),
             met(noop <= GOAL_NO_OP),
+            show(cold),
+            met(cold <= GOAL_NO_OP),
         );
     }
 }
@@ -274,13 +300,14 @@ fn cluster_names(n: usize) -> Vec<String> {
     (0..n).map(|i| format!("cluster{i:04}")).collect()
 }
 
-/// From nothing, no-op and forced rotation on a fresh folder store in a temporary folder.
+/// The timed steps on a fresh folder store in a temporary folder.
 fn folder_run(
+    base: &Path,
     policy: &TrustPolicy,
     root: &meshca_trust::store::SecretData,
     n: usize,
-) -> (tempfile::TempDir, [Sample; 4]) {
-    let dir = tempfile::tempdir().unwrap();
+) -> (tempfile::TempDir, [Sample; 5]) {
+    let dir = tempfile::tempdir_in(base).unwrap();
     let store = FolderStore::open(dir.path()).unwrap();
     store
         .write(MGMT, POLICY_NAMESPACE, ROOT_SECRET, root)
@@ -288,7 +315,7 @@ fn folder_run(
     for c in cluster_names(n) {
         std::fs::create_dir(dir.path().join(c)).unwrap();
     }
-    let (out, at) = three_steps(&store, policy, n);
+    let (out, at) = steps(&store, policy, n);
     check_one(&store, dir.path(), at);
     (dir, out)
 }
@@ -297,28 +324,33 @@ fn memory_run(
     policy: &TrustPolicy,
     root: &meshca_trust::store::SecretData,
     n: usize,
-) -> [Sample; 4] {
+) -> [Sample; 5] {
     let mut names = cluster_names(n);
     names.push(MGMT.to_owned());
     let store = MemoryStore::with_clusters(&names);
     store
         .write(MGMT, POLICY_NAMESPACE, ROOT_SECRET, root)
         .unwrap();
-    three_steps(&store, policy, n).0
+    steps(&store, policy, n).0
 }
 
-/// The three timed reconciles, and the time the last one ran at.
-fn three_steps(
-    store: &dyn SecretStore,
-    policy: &TrustPolicy,
-    n: usize,
-) -> ([Sample; 4], OffsetDateTime) {
+/// The timed steps, and the time the last one ran at. The reconciles share one cache, as those
+/// of `trust run` do, except the new process's no-op, which starts with none, as `trust apply` does.
+fn steps(store: &dyn SecretStore, policy: &TrustPolicy, n: usize) -> ([Sample; 5], OffsetDateTime) {
     let now = OffsetDateTime::now_utc();
-    let first = timed(|| reconcile(store, policy, MGMT, &[], &[], now).unwrap());
+    let cache = BundleCache::new();
+    let first = timed(|| reconcile_with(&cache, store, policy, MGMT, &[], &[], now).unwrap());
     expect(&first.1, n, |o| *o == Outcome::Created, "from nothing");
     let later = now + time::Duration::minutes(1);
-    let noop = timed(|| reconcile(store, policy, MGMT, &[], &[], later).unwrap());
+    let noop = timed(|| reconcile_with(&cache, store, policy, MGMT, &[], &[], later).unwrap());
     expect(&noop.1, n, |o| *o == Outcome::Fresh, "no-op");
+    let cold = timed(|| reconcile(store, policy, MGMT, &[], &[], later).unwrap());
+    expect(
+        &cold.1,
+        n,
+        |o| *o == Outcome::Fresh,
+        "no-op in a new process",
+    );
     // The store's share of a no-op: every cluster's cacerts read, nothing parsed.
     let names = cluster_names(n);
     let read = timed(|| {
@@ -327,14 +359,14 @@ fn three_steps(
         }
     });
     let all = ["*".to_owned()];
-    let forced = timed(|| reconcile(store, policy, MGMT, &[], &all, later).unwrap());
+    let forced = timed(|| reconcile_with(&cache, store, policy, MGMT, &[], &all, later).unwrap());
     expect(
         &forced.1,
         n,
         |o| matches!(o, Outcome::Rotated(_)),
         "forced rotation",
     );
-    ([first.0, noop.0, read.0, forced.0], later)
+    ([first.0, noop.0, cold.0, read.0, forced.0], later)
 }
 
 fn expect(report: &meshca_trust::Report, n: usize, ok: impl Fn(&Outcome) -> bool, step: &str) {
