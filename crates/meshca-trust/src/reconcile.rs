@@ -565,7 +565,10 @@ pub fn reconcile_with(
 ) -> Result<Report, TrustError> {
     cache.begin();
     let report = reconcile_pass(cache, store, policy, mgmt, only, force, now);
-    cache.sweep();
+    // A failed reconcile may not have looked at every bundle: keep them all for the next one.
+    if report.is_ok() {
+        cache.sweep();
+    }
     report
 }
 
@@ -594,6 +597,7 @@ fn reconcile_pass(
     let mut state = rotation::load(store, policy, mgmt)?;
     let mut present = store.clusters()?;
     present.sort();
+    let mut rotation_finished = false;
     let in_scope = select_clusters(&present, policy, mgmt, only)?;
     let all = select_clusters(&present, policy, mgmt, &[])?;
     check_lifetime(policy, current.signer.cert())?;
@@ -722,11 +726,16 @@ fn reconcile_pass(
                 ));
                 current = n;
                 state = None;
+                rotation_finished = true;
             }
         }
     }
-    // What was verified, for the next reconcile (written only when it changed).
-    records.save(store, policy, mgmt, &present)?;
+    // What was verified, for the next reconcile (written only when it changed). When the root
+    // rotation finished in this reconcile, the records' key (from the old CA) is no longer the
+    // policy's: the next reconcile verifies every bundle once and writes them under the new one.
+    if !rotation_finished {
+        records.save(store, policy, mgmt, &present)?;
+    }
     report.clusters = outcomes;
     Ok(report)
 }

@@ -281,38 +281,31 @@ impl SecretStore for FolderStore {
         name: &str,
     ) -> Result<Option<SecretData>, StoreError> {
         let dir = self.secret_dir(cluster, namespace, name);
-        let entries = match fs::read_dir(&dir) {
-            Ok(entries) => entries,
-            Err(e) if matches!(e.kind(), ErrorKind::NotFound | ErrorKind::NotADirectory) => {
-                return Ok(None);
-            }
-            Err(e) => return Err(io(&dir, "cannot list")(e)),
-        };
-        let mut data = SecretData::new();
-        for e in entries {
-            let e = e.map_err(io(&dir, "cannot list"))?;
-            let key = e.file_name().to_string_lossy().into_owned();
-            if key.starts_with('.') {
-                continue;
-            }
-            let path = e.path();
-            // Through the key's `..data` link, as a reader of the mount sees it; what is not a
-            // file (a folder, a dangling link) is not a key.
-            let mut f = match fs::File::open(&path) {
-                Ok(f) => f,
-                Err(e) if e.kind() == ErrorKind::NotFound => continue,
-                Err(e) => return Err(io(&path, "cannot read")(e)),
+        // A secret written by a `..data` swap is read from the data folder the link names: every
+        // key from one version, even while a writer swaps it (and removes the old folder, in
+        // which case the new one is read).
+        for _ in 0..3 {
+            let target = match fs::read_link(dir.join("..data")) {
+                Ok(t) => t,
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        ErrorKind::NotFound | ErrorKind::NotADirectory | ErrorKind::InvalidInput
+                    ) =>
+                {
+                    break;
+                }
+                Err(e) => return Err(io(&dir.join("..data"), "cannot read")(e)),
             };
-            let size = match f.metadata() {
-                Ok(m) if m.is_file() => usize::try_from(m.len()).unwrap_or(0),
-                Ok(_) => continue,
-                Err(e) => return Err(io(&path, "cannot read")(e)),
-            };
-            let mut bytes = Vec::with_capacity(size);
-            std::io::Read::read_to_end(&mut f, &mut bytes).map_err(io(&path, "cannot read"))?;
-            data.insert(key, bytes);
+            let folder = dir.join(target);
+            match read_folder(&folder, false) {
+                Ok(Some(data)) => return Ok(Some(data)),
+                Ok(None) => continue,
+                Err(e) => return Err(e),
+            }
         }
-        Ok(Some(data))
+        // A folder made by hand, without the link: each key as it is.
+        read_folder(&dir, true)
     }
 
     /// Replaces a secret whole with `data` by a `..data` symlink swap.
@@ -336,6 +329,13 @@ impl SecretStore for FolderStore {
     /// after the swaps, before this returns. A crash leaves each secret old or new, never half.
     fn write_all(&self, writes: &[SecretWrite<'_>]) -> Result<(), StoreError> {
         let whole_fs = writes.len() >= SYNCFS_BATCH;
+        // The file systems are opened before anything is written: `syncfs` reports the write
+        // errors of its file system since its handle was opened (Linux 5.8 and later).
+        let file_systems = if whole_fs {
+            self.file_systems(writes)?
+        } else {
+            Vec::new()
+        };
         let staged = in_parallel(
             writes.len(),
             if whole_fs { FS_WORKERS } else { SYNC_WORKERS },
@@ -353,7 +353,7 @@ impl SecretStore for FolderStore {
             }
         }
         if first_error.is_none() && whole_fs {
-            first_error = sync_file_systems(ready.iter().map(|s| s.dir.as_path())).err();
+            first_error = sync_file_systems(&file_systems).err();
         }
         if let Some(e) = first_error {
             // Refused before any swap: nothing changes.
@@ -371,15 +371,25 @@ impl SecretStore for FolderStore {
         } else {
             1
         };
-        let mut swaps = in_parallel(ready.len(), workers, Result::is_err, |i| {
-            ready[i].commit(writes[i].data)
-        })
+        let mut swaps = in_parallel(
+            ready.len(),
+            workers,
+            |r| !matches!(r, Ok((_, Ok(())))),
+            |i| ready[i].commit(writes[i].data),
+        )
         .into_iter();
         let mut committed = Vec::with_capacity(ready.len());
         let mut failed = None;
         for s in &ready {
             match swaps.next() {
-                Some(Ok(old)) => committed.push((s, old)),
+                Some(Ok((old, links))) => {
+                    // Swapped: synced and cleaned up like the others, even if a key's link
+                    // could not be made (that is still reported).
+                    committed.push((s, old));
+                    if let Err(e) = links {
+                        failed.get_or_insert(e);
+                    }
+                }
                 Some(Err(e)) => {
                     failed.get_or_insert(e);
                 }
@@ -393,7 +403,7 @@ impl SecretStore for FolderStore {
         dirs.sort();
         dirs.dedup();
         let synced = if whole_fs {
-            sync_file_systems(dirs.iter().copied())
+            sync_file_systems(&file_systems)
         } else {
             in_parallel(dirs.len(), SYNC_WORKERS, Result::is_err, |i| {
                 sync_path(dirs[i])
@@ -446,6 +456,36 @@ impl SecretStore for FolderStore {
 }
 
 impl FolderStore {
+    /// A handle on each file system the writes go to, found from the nearest existing folder of
+    /// each secret (folders made for a write are on their parent's file system).
+    fn file_systems(
+        &self,
+        writes: &[SecretWrite<'_>],
+    ) -> Result<Vec<(PathBuf, fs::File)>, StoreError> {
+        use std::os::unix::fs::MetadataExt;
+        let mut out: Vec<(PathBuf, fs::File)> = Vec::new();
+        let mut seen = Vec::new();
+        for w in writes {
+            let secret = self.secret_dir(w.cluster, w.namespace, w.name);
+            let mut cur = secret.as_path();
+            let dev = loop {
+                match fs::metadata(cur) {
+                    Ok(m) => break m.dev(),
+                    Err(e) if e.kind() == ErrorKind::NotFound && cur != self.root => {
+                        cur = cur.parent().unwrap_or(&self.root);
+                    }
+                    Err(e) => return Err(io(cur, "cannot sync")(e)),
+                }
+            };
+            if !seen.contains(&dev) {
+                seen.push(dev);
+                let f = fs::File::open(cur).map_err(io(cur, "cannot sync"))?;
+                out.push((cur.to_owned(), f));
+            }
+        }
+        Ok(out)
+    }
+
     /// Writes a secret's files into a new hidden folder beside its `..data`, and with `sync`
     /// syncs each, then the folder (else the batch's `syncfs` does): nothing points at them yet.
     fn stage(&self, w: &SecretWrite<'_>, sync: bool) -> Result<Staged, StoreError> {
@@ -514,6 +554,9 @@ impl FolderStore {
     }
 }
 
+/// A swapped secret: its old data folder's name, and whether its key links were all made.
+type Swapped = (Option<PathBuf>, Result<(), StoreError>);
+
 /// A secret's new data folder, written and synced, not yet swapped in.
 struct Staged {
     /// The secret's folder.
@@ -528,7 +571,9 @@ struct Staged {
 
 impl Staged {
     /// Swaps `..data` to the new folder and links any new key; returns the old data folder's name.
-    fn commit(&self, data: &SecretData) -> Result<Option<PathBuf>, StoreError> {
+    /// After the swap the secret is committed whatever happens to its key links, whose failure
+    /// comes second.
+    fn commit(&self, data: &SecretData) -> Result<Swapped, StoreError> {
         let dir = &self.dir;
         let tmp_link = dir.join("..data_tmp");
         let _ = fs::remove_file(&tmp_link);
@@ -543,20 +588,24 @@ impl Staged {
             self.discard();
             return Err(io(&data_link, "cannot swap")(e));
         }
-        for key in data.keys() {
-            let link = dir.join(key);
-            if fs::symlink_metadata(&link).is_err() {
-                symlink(format!("..data/{key}"), &link).map_err(io(&link, "cannot link"))?;
+        let old = old.filter(|o| o != Path::new(&self.stamp));
+        let links = (|| {
+            for key in data.keys() {
+                let link = dir.join(key);
+                if fs::symlink_metadata(&link).is_err() {
+                    symlink(format!("..data/{key}"), &link).map_err(io(&link, "cannot link"))?;
+                }
             }
-        }
-        // Keys the new data no longer has.
-        for e in fs::read_dir(dir).map_err(io(dir, "cannot list"))?.flatten() {
-            let key = e.file_name().to_string_lossy().into_owned();
-            if !key.starts_with('.') && !data.contains_key(&key) {
-                let _ = fs::remove_file(e.path());
+            // Keys the new data no longer has.
+            for e in fs::read_dir(dir).map_err(io(dir, "cannot list"))?.flatten() {
+                let key = e.file_name().to_string_lossy().into_owned();
+                if !key.starts_with('.') && !data.contains_key(&key) {
+                    let _ = fs::remove_file(e.path());
+                }
             }
-        }
-        Ok(old.filter(|o| o != Path::new(&self.stamp)))
+            Ok(())
+        })();
+        Ok((old, links))
     }
 
     /// Removes what staging made for a secret that will not be swapped in.
@@ -577,17 +626,64 @@ fn remove_empty(dirs: &[PathBuf]) {
     }
 }
 
-/// Flushes, with one `syncfs` each, every file system that holds one of `dirs`.
-fn sync_file_systems<'a>(dirs: impl Iterator<Item = &'a Path>) -> Result<(), StoreError> {
-    use std::os::unix::fs::MetadataExt;
-    let mut seen = Vec::new();
-    for d in dirs {
-        let f = fs::File::open(d).map_err(io(d, "cannot sync"))?;
-        let dev = f.metadata().map_err(io(d, "cannot sync"))?.dev();
-        if !seen.contains(&dev) {
-            seen.push(dev);
-            rustix::fs::syncfs(&f).map_err(|e| io(d, "cannot sync")(e.into()))?;
+/// The keys in `folder` (names starting with `.` are not keys); `None` if it is not there.
+/// With `lenient`, a key that vanishes or is not a file is skipped (a dangling link in a folder
+/// made by hand); otherwise a key that vanishes means the folder is being removed: `None`.
+fn read_folder(folder: &Path, lenient: bool) -> Result<Option<SecretData>, StoreError> {
+    let entries = match fs::read_dir(folder) {
+        Ok(entries) => entries,
+        Err(e) if matches!(e.kind(), ErrorKind::NotFound | ErrorKind::NotADirectory) => {
+            return Ok(None);
         }
+        Err(e) => return Err(io(folder, "cannot list")(e)),
+    };
+    let mut data = SecretData::new();
+    for e in entries {
+        let e = e.map_err(io(folder, "cannot list"))?;
+        let key = e.file_name().to_string_lossy().into_owned();
+        if key.starts_with('.') {
+            continue;
+        }
+        let path = e.path();
+        match read_key(&path).map_err(io(&path, "cannot read"))? {
+            Some(bytes) => {
+                data.insert(key, bytes);
+            }
+            None if lenient => {}
+            None => return Ok(None),
+        }
+    }
+    Ok(Some(data))
+}
+
+/// One key's bytes, if it is a regular file (through links). It is opened without blocking and
+/// without becoming a terminal, so that a FIFO or a device left in a secret folder is skipped
+/// rather than waited on.
+fn read_key(path: &Path) -> std::io::Result<Option<Vec<u8>>> {
+    use rustix::fs::OFlags;
+    let flags = (OFlags::NONBLOCK | OFlags::NOCTTY).bits();
+    let mut f = match fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(i32::try_from(flags).unwrap_or(0))
+        .open(path)
+    {
+        Ok(f) => f,
+        Err(e) if e.kind() == ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    let m = f.metadata()?;
+    if !m.is_file() {
+        return Ok(None);
+    }
+    let mut bytes = Vec::with_capacity(usize::try_from(m.len()).unwrap_or(0));
+    std::io::Read::read_to_end(&mut f, &mut bytes)?;
+    Ok(Some(bytes))
+}
+
+/// Flushes, with one `syncfs` each, every file system that holds one of `dirs`.
+fn sync_file_systems(file_systems: &[(PathBuf, fs::File)]) -> Result<(), StoreError> {
+    for (path, f) in file_systems {
+        rustix::fs::syncfs(f).map_err(|e| io(path, "cannot sync")(e.into()))?;
     }
     Ok(())
 }
@@ -805,6 +901,39 @@ mod tests {
         assert!(
             !t.path().join("c").exists(),
             "folders made for it are removed"
+        );
+    }
+
+    #[test]
+    fn a_fifo_or_folder_among_the_keys_is_skipped_not_waited_on() {
+        let t = tempfile::tempdir().unwrap();
+        let s = FolderStore::open(t.path()).unwrap();
+        let mut d = SecretData::new();
+        d.insert("ca-cert.pem".into(), b"cert".to_vec());
+        s.write("c", "istio-system", "cacerts", &d).unwrap();
+        let dir = s.secret_dir("c", "istio-system", "cacerts");
+        let data = fs::read_link(dir.join("..data")).unwrap();
+        // One in the secret's folder, one in its data folder, and a folder made by hand.
+        let hand = t.path().join("h/istio-system/cacerts");
+        fs::create_dir_all(hand.join("sub")).unwrap();
+        fs::write(hand.join("ca-cert.pem"), b"by hand").unwrap();
+        for fifo in [
+            dir.join("pipe"),
+            dir.join(&data).join("pipe"),
+            hand.join("pipe"),
+        ] {
+            let made = std::process::Command::new("mkfifo")
+                .arg(&fifo)
+                .status()
+                .unwrap();
+            assert!(made.success(), "{}", fifo.display());
+        }
+        assert_eq!(s.read("c", "istio-system", "cacerts").unwrap(), Some(d));
+        let mut by_hand = SecretData::new();
+        by_hand.insert("ca-cert.pem".into(), b"by hand".to_vec());
+        assert_eq!(
+            s.read("h", "istio-system", "cacerts").unwrap(),
+            Some(by_hand)
         );
     }
 

@@ -192,9 +192,7 @@ impl Records {
             return None;
         }
         let expected = self.mac(cluster, digest, &line.times, a);
-        if !constant_time_eq(&expected, &line.mac) {
-            return None;
-        }
+        aws_lc_rs::constant_time::verify_slices_are_equal(&expected, &line.mac).ok()?;
         let t = |i: usize| OffsetDateTime::from_unix_timestamp(line.times[i]).ok();
         Some(Facts {
             signer_not_before: t(0)?,
@@ -314,10 +312,6 @@ fn unhex(s: &str) -> Option<[u8; 16]> {
         *o = u8::from_str_radix(s.get(2 * i..2 * i + 2)?, 16).ok()?;
     }
     Some(out)
-}
-
-fn constant_time_eq(a: &[u8; 16], b: &[u8; 16]) -> bool {
-    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 #[cfg(test)]
