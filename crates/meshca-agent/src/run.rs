@@ -3,10 +3,10 @@
 //! a certificate that is still valid.
 
 use std::path::PathBuf;
-use std::time::Duration as StdDuration;
 
+use meshca_ca::Clock;
 use meshca_pki::Certificate;
-use time::OffsetDateTime;
+use time::{Duration, OffsetDateTime};
 
 use crate::client::{self, AgentError, Credential, Request};
 use crate::schedule::{Backoff, renew_at};
@@ -46,11 +46,12 @@ impl Agent {
         Ok(issued.leaf().clone())
     }
 
-    /// Runs until the task is dropped; `on_renewed` hears about every new certificate.
-    pub async fn run(&self, mut on_renewed: impl FnMut(&Certificate)) {
+    /// Runs until the task is dropped; `on_renewed` hears about every new certificate. Every
+    /// decision takes `now` from `clock`, and every wait is a wait on it.
+    pub async fn run(&self, clock: &dyn Clock, mut on_renewed: impl FnMut(&Certificate)) {
         let mut backoff = Backoff::new();
         loop {
-            let now = OffsetDateTime::now_utc();
+            let now = clock.now();
             let wait = match self.once(now).await {
                 Ok(leaf) => {
                     backoff.succeeded();
@@ -72,10 +73,9 @@ impl Agent {
                     d
                 }
             };
-            let ms = u64::try_from(wait.whole_milliseconds())
-                .unwrap_or(0)
-                .max(100);
-            tokio::time::sleep(StdDuration::from_millis(ms)).await;
+            clock
+                .sleep_until(now + wait.max(Duration::milliseconds(100)))
+                .await;
         }
     }
 }

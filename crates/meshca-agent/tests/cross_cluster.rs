@@ -12,7 +12,7 @@ use meshca_agent::mtls::{Endpoint, call};
 use meshca_agent::run::Agent;
 use meshca_agent::{Credential, Request};
 use meshca_ca::issuer::IssuancePolicy;
-use meshca_ca::{CaSource, Running, ServeConfig, SystemClock};
+use meshca_ca::{CaSource, Clock, FakeClock, Running, ServeConfig, SystemClock};
 use meshca_pki::{Certificate, KeyType, PrivateKey, SpiffeId, TrustDomain};
 use meshca_testkit::run_in;
 use meshca_token::{Jwks, ServiceAccountClaims, SigningKey};
@@ -51,6 +51,10 @@ impl Mesh {
     }
 
     async fn ca(&self, bundle: &Path) -> Running {
+        self.ca_on(bundle, Arc::new(SystemClock)).await
+    }
+
+    async fn ca_on(&self, bundle: &Path, clock: Arc<dyn Clock>) -> Running {
         meshca_ca::start(
             ServeConfig {
                 listen: "127.0.0.1:0".parse().unwrap(),
@@ -68,13 +72,25 @@ impl Mesh {
                 debounce: Duration::from_millis(50),
                 token_review: None,
             },
-            Arc::new(SystemClock),
+            clock,
         )
         .await
         .unwrap()
     }
 
     fn agent(&self, ca: &Running, root_pem: &str, ns: &str, sa: &str, out: &Path) -> Agent {
+        self.agent_for(ca, root_pem, ns, sa, out, time::Duration::hours(1))
+    }
+
+    fn agent_for(
+        &self,
+        ca: &Running,
+        root_pem: &str,
+        ns: &str,
+        sa: &str,
+        out: &Path,
+        token_life: time::Duration,
+    ) -> Agent {
         let now = time::OffsetDateTime::now_utc();
         let token = meshca_token::mint(
             &ServiceAccountClaims {
@@ -83,7 +99,7 @@ impl Mesh {
                 namespace: ns.into(),
                 service_account: sa.into(),
                 issued_at: now,
-                expires_at: now + time::Duration::hours(1),
+                expires_at: now + token_life,
             },
             &self.key,
         )
@@ -254,4 +270,61 @@ openssl verify -CAfile <(cat cluster1/ca-cert.pem cluster1/root-cert.pem) ./prox
     drop(server);
     ca1.shutdown().await.unwrap();
     ca2.shutdown().await.unwrap();
+}
+
+/// The agent's loop decides and waits on the clock it is given: with the CA server and the agent
+/// on one fake clock, the agent sleeps through 9 hours of a 24-hour certificate and renews within
+/// the next 3 (at half its life, less up to 10% jitter), by that clock alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_agent_renews_by_the_clock_it_is_given() {
+    let t = tempfile::tempdir().unwrap();
+    let d = t.path();
+    make(d, &["cluster1"]);
+    let mesh = Mesh::new(d);
+    let start = time::OffsetDateTime::now_utc()
+        .replace_nanosecond(0)
+        .unwrap();
+    let clock = Arc::new(FakeClock::new(start));
+    let ca = mesh.ca_on(&d.join("cluster1"), clock.clone()).await;
+    let root = std::fs::read_to_string(d.join("root-cert.pem")).unwrap();
+    let agent = mesh.agent_for(
+        &ca,
+        &root,
+        "foo",
+        "httpbin",
+        &d.join("httpbin"),
+        time::Duration::days(2),
+    );
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let c = clock.clone();
+    let task = tokio::spawn(async move {
+        agent
+            .run(&*c, |leaf| {
+                let _ = tx.send(leaf.not_before());
+            })
+            .await;
+    });
+    // Issued by the server's (fake) clock, backdated 2 minutes.
+    assert_eq!(next(&mut rx).await, start - time::Duration::minutes(2));
+
+    clock.advance(time::Duration::hours(9));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(rx.try_recv().is_err(), "nothing renewed 9 h into 24");
+
+    clock.advance(time::Duration::hours(3));
+    let renewed = next(&mut rx).await;
+    assert_eq!(
+        renewed,
+        start + time::Duration::hours(12) - time::Duration::minutes(2)
+    );
+    task.abort();
+}
+
+async fn next(
+    rx: &mut tokio::sync::mpsc::UnboundedReceiver<time::OffsetDateTime>,
+) -> time::OffsetDateTime {
+    tokio::time::timeout(Duration::from_secs(10), rx.recv())
+        .await
+        .expect("a certificate in time")
+        .unwrap()
 }

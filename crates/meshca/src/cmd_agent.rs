@@ -138,7 +138,7 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
         let listen = a.mtls_listen;
         let dir = a.output_dir.clone();
         agent
-            .run(|_| {
+            .run(&meshca_ca::SystemClock, |_| {
                 if let Some(e) = &endpoint {
                     if let Err(err) = e.reload() {
                         tracing::warn!(error = %err, "mTLS endpoint kept its old certificate");
