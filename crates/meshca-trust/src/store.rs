@@ -857,20 +857,16 @@ mod tests {
         let mut batch = vec![w("a", &a1), w("b", &b1), w("a", &a2)];
         batch.extend(pads.iter().map(|c| w(c, &p1)));
         s.write_all(&batch).unwrap();
-        assert_eq!(
-            s.read("a", "istio-system", "cacerts").unwrap(),
-            Some(a2.clone())
-        );
-        assert_eq!(
-            s.read("b", "istio-system", "cacerts").unwrap(),
-            Some(b1.clone())
-        );
-        for c in &pads {
+        let holds = |cluster: &str, data: &SecretData| {
             assert_eq!(
-                s.read(c, "istio-system", "cacerts").unwrap(),
-                Some(p1.clone())
+                s.read(cluster, "istio-system", "cacerts").unwrap().as_ref(),
+                Some(data),
+                "{cluster}"
             );
-        }
+        };
+        holds("a", &a2);
+        holds("b", &b1);
+        pads.iter().for_each(|c| holds(c, &p1));
         let dir_a = s.secret_dir("a", "istio-system", "cacerts");
         assert_eq!(hidden(&dir_a).len(), 2, "..data and one data folder");
         let key = dir_a.join("ca-key.pem");
@@ -886,16 +882,8 @@ mod tests {
         batch.extend(pads.iter().map(|c| w(c, &p2)));
         batch.push(w("a", &bad));
         assert!(s.write_all(&batch).is_err());
-        assert_eq!(
-            s.read("b", "istio-system", "cacerts").unwrap(),
-            Some(b1.clone())
-        );
-        for c in &pads {
-            assert_eq!(
-                s.read(c, "istio-system", "cacerts").unwrap(),
-                Some(p1.clone())
-            );
-        }
+        holds("b", &b1);
+        pads.iter().for_each(|c| holds(c, &p1));
         assert_eq!(hidden(&dir_a), before, "the staged folder is removed");
         assert!(s.read("c", "istio-system", "cacerts").unwrap().is_none());
         assert!(
