@@ -131,15 +131,11 @@ impl BundleCache {
         // Loaded outside the lock: the other threads of the reconcile go on meanwhile.
         self.misses.fetch_add(1, Ordering::Relaxed);
         let bundle = CacertsBundle::from_files(data, where_, now)?;
-        Ok(self.insert(key, bundle))
+        Ok(self.keep(key, bundle))
     }
 
-    /// Keeps a bundle just made and proven from `data`: the next reconcile reads those bytes back.
+    /// Keeps a bundle loaded (or just made and proven) from the bytes with digest `key`.
     pub(crate) fn keep(&self, key: Digest, bundle: CacertsBundle) -> Arc<CacertsBundle> {
-        self.insert(key, bundle)
-    }
-
-    fn insert(&self, key: Digest, bundle: CacertsBundle) -> Arc<CacertsBundle> {
         let bundle = Arc::new(bundle);
         let mut inner = self.lock();
         let generation = inner.generation;
