@@ -12,6 +12,7 @@
 pub mod auth;
 pub mod clock;
 pub mod cluster;
+pub mod coalesce;
 pub mod issuer;
 mod jwks;
 pub mod metrics;

@@ -18,6 +18,7 @@ use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
 use crate::auth::Authenticator;
 use crate::clock::Clock;
 use crate::cluster::Clusters;
+use crate::coalesce::Coalesce;
 use crate::issuer::{CaHandle, IssuancePolicy, LoadedCa};
 use crate::jwks::JwksFiles;
 use crate::metrics::Metrics;
@@ -343,7 +344,7 @@ fn reviewer(c: &TokenReviewConfig, audience: &str) -> Result<TokenReviewer, Stri
     .map_err(|e| e.to_string())
 }
 
-type TlsConn = tokio_rustls::server::TlsStream<TcpStream>;
+type TlsConn = Coalesce<tokio_rustls::server::TlsStream<TcpStream>>;
 
 /// Accepts TCP connections and completes TLS handshakes off the accept loop, so that a client
 /// that stalls in its handshake holds up nobody else.
@@ -367,7 +368,7 @@ async fn accept_tls(
         tokio::spawn(async move {
             match tokio::time::timeout(StdDuration::from_secs(10), acceptor.accept(sock)).await {
                 Ok(Ok(conn)) => {
-                    let _ = tx.send(Ok(conn)).await;
+                    let _ = tx.send(Ok(Coalesce::new(conn))).await;
                 }
                 Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
                 Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
