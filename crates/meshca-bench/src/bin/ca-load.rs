@@ -5,14 +5,18 @@
 //! same CSRs from N concurrent clients for a fixed time, and reports certificates per second,
 //! p50/p99 latency, server CPU time per certificate (from /proc, since client and server share the
 //! cores), and peak server memory. It also measures the crypto floor in-process: parse and verify
-//! a CSR, build and sign the certificate. Prints a Markdown table.
+//! a CSR, build and sign the certificate. With the first scenario it also times the bare
+//! transport: a server that only reads a request's bytes and writes a response's bytes back over
+//! loopback TCP, which is the least any gRPC server must spend per call here. Each figure is the
+//! median of several rounds, the servers taking turns. Prints a Markdown table.
 //!
-//! Usage: ca-load [SECONDS_PER_RUN] [CLIENTS]   (defaults 8 and 32)
+//! Usage: ca-load [SECONDS_PER_RUN] [CLIENTS] [ROUNDS]   (defaults 8, 32 and 3)
+//! `MESHCA_BIN=path` measures another `meshca` binary (to compare two builds).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::io::{BufRead, BufReader};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -23,8 +27,15 @@ use meshca_pki::{CacertsBundle, CertificateRequest, KeyType, PrivateKey, SpiffeI
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tonic::transport::{Channel, ClientTlsConfig};
+use tonic_health::pb::HealthCheckRequest;
+use tonic_health::pb::health_client::HealthClient;
 
 const CSR_COUNT: usize = 64;
+
+/// Bytes of one `CreateCertificate` call on the wire with a P-256 CSR and a bearer token: the
+/// request's TLS record, and the response's (the chain, HTTP/2 headers and trailers).
+const ECHO_REQUEST: usize = 948;
+const ECHO_RESPONSE: usize = 2100;
 
 struct Scenario {
     ca_key: &'static str,
@@ -41,15 +52,18 @@ struct Outcome {
 }
 
 fn main() {
-    let secs: u64 = std::env::args()
-        .nth(1)
-        .and_then(|a| a.parse().ok())
-        .unwrap_or(8);
-    let clients: usize = std::env::args()
-        .nth(2)
-        .and_then(|a| a.parse().ok())
-        .unwrap_or(32);
-    let meshca = meshca_bench::meshca_binary();
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().map(String::as_str) == Some("--echo-server") {
+        echo_server();
+        return;
+    }
+    let arg = |i: usize, default: u64| args.get(i).and_then(|a| a.parse().ok()).unwrap_or(default);
+    let secs = arg(0, 8);
+    let clients = usize::try_from(arg(1, 32)).unwrap_or(32);
+    let rounds = usize::try_from(arg(2, 3)).unwrap_or(3).max(1);
+    let meshca = std::env::var_os("MESHCA_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(meshca_bench::meshca_binary);
     assert!(
         meshca.exists(),
         "build meshca first: cargo build --release -p meshca"
@@ -76,66 +90,170 @@ fn main() {
             csr_key: KeyType::EcdsaP256,
         },
     ];
+    let dur = Duration::from_secs(secs);
     println!(
         "| CA key | CSR key | server | certs/s | p50 | p99 | server CPU per cert | crypto floor | CPU / floor | peak RSS | errors |"
     );
     println!("|---|---|---|---|---|---|---|---|---|---|---|");
-    for sc in &scenarios {
+    let mut notes = Vec::new();
+    for (n, sc) in scenarios.iter().enumerate() {
         let dir = tempfile::tempdir().unwrap();
         let d = dir.path();
         make_ca(d, sc.ca_key);
         let ca_dir = d.join("c1");
         let csrs = make_csrs(sc.csr_key);
-        let floor = crypto_floor(&ca_dir, &csrs);
         let ca_name = if sc.ca_key == "rsa" {
             "RSA-4096"
         } else {
             "P-256"
         };
         let csr_name = sc.csr_key.to_string();
-
-        let m = rt.block_on(drive_meshca(
-            &meshca,
-            d,
-            &csrs,
-            clients,
-            Duration::from_secs(secs),
+        // The first scenario also times the bare transport: the same bytes each way over
+        // loopback TCP, with no TLS, HTTP/2 or crypto, as a floor under any gRPC server.
+        let with_echo = n == 0;
+        let (mut m, mut c, mut h, mut e) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        for _ in 0..rounds {
+            let floor = crypto_floor(&ca_dir, &csrs);
+            m.push(Row::of(
+                &rt.block_on(drive_meshca(&meshca, d, &csrs, clients, false, dur)),
+                floor,
+            ));
+            c.push(Row::of(
+                &rt.block_on(drive_cfssl(d, &csrs, clients, dur)),
+                floor,
+            ));
+            if with_echo {
+                h.push(Row::of(
+                    &rt.block_on(drive_meshca(&meshca, d, &csrs, clients, true, dur)),
+                    floor,
+                ));
+                e.push(Row::of(&rt.block_on(drive_echo(clients, dur)), floor));
+            }
+        }
+        let rate_ratios: Vec<f64> = m.iter().zip(&c).map(|(m, c)| m.rate / c.rate).collect();
+        print_row(ca_name, &csr_name, "meshca serve", &Row::median(&m));
+        print_row(ca_name, &csr_name, "cfssl serve", &Row::median(&c));
+        if with_echo {
+            print_row(
+                ca_name,
+                &csr_name,
+                "meshca serve, health check only",
+                &Row::median(&h),
+            );
+            print_row(
+                ca_name,
+                &csr_name,
+                &format!("TCP exchange only ({ECHO_REQUEST} B in, {ECHO_RESPONSE} B out)"),
+                &Row::median(&e),
+            );
+            let sum: Vec<f64> = e
+                .iter()
+                .map(|e| (e.cpu_us + e.floor_us) / e.floor_us)
+                .collect();
+            notes.push(format!(
+                "{ca_name} CA, {csr_name} CSRs: crypto floor + bare TCP exchange = {} × the crypto floor (per round: {})",
+                fmt_x(median_f(&sum)),
+                sum.iter().map(|x| fmt_x(*x)).collect::<Vec<_>>().join(", ")
+            ));
+        }
+        notes.push(format!(
+            "{ca_name} CA, {csr_name} CSRs: meshca/cfssl throughput {} (per round: {})",
+            fmt_x(median_f(&rate_ratios)),
+            rate_ratios
+                .iter()
+                .map(|x| fmt_x(*x))
+                .collect::<Vec<_>>()
+                .join(", ")
         ));
-        print_row(ca_name, &csr_name, "meshca serve", &m, floor);
-        let c = rt.block_on(drive_cfssl(d, &csrs, clients, Duration::from_secs(secs)));
-        print_row(ca_name, &csr_name, "cfssl serve", &c, floor);
-        let ratio =
-            (m.certs as f64 / m.elapsed.as_secs_f64()) / (c.certs as f64 / c.elapsed.as_secs_f64());
-        eprintln!("{ca_name} CA, {csr_name} CSRs: meshca/cfssl throughput {ratio:.2}x");
     }
     println!(
-        "\n{clients} concurrent clients, {secs} s per run, {CSR_COUNT} distinct CSRs reused; client and server share the machine's 2 cores."
+        "\nMedians of {rounds} rounds; {clients} concurrent clients, {secs} s per run, {CSR_COUNT} distinct CSRs reused; client and server share the machine's 2 cores.\n"
     );
+    for n in notes {
+        println!("- {n}");
+    }
 }
 
-fn print_row(ca: &str, csr: &str, server: &str, o: &Outcome, floor: Duration) {
-    let rate = o.certs as f64 / o.elapsed.as_secs_f64();
-    let mut l = o.latencies.clone();
-    l.sort();
-    let pct = |p: f64| {
-        l.get(((l.len() as f64 * p) as usize).min(l.len().saturating_sub(1)))
-            .copied()
-            .unwrap_or_default()
-    };
-    let cpu_per = if o.certs > 0 {
-        o.server_cpu / u32::try_from(o.certs).unwrap_or(u32::MAX)
-    } else {
-        Duration::ZERO
-    };
+fn fmt_x(x: f64) -> String {
+    format!("{x:.2}×")
+}
+
+fn median_f(v: &[f64]) -> f64 {
+    let mut s = v.to_vec();
+    s.sort_by(f64::total_cmp);
+    let n = s.len();
+    match n {
+        0 => 0.0,
+        _ if n % 2 == 1 => s[n / 2],
+        _ => (s[n / 2 - 1] + s[n / 2]) / 2.0,
+    }
+}
+
+/// One run's figures, or the medians of several.
+#[derive(Clone, Copy)]
+struct Row {
+    rate: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+    cpu_us: f64,
+    floor_us: f64,
+    rss_mb: f64,
+    errors: u64,
+}
+
+impl Row {
+    fn of(o: &Outcome, floor: Duration) -> Row {
+        let mut l = o.latencies.clone();
+        l.sort();
+        let pct = |p: f64| {
+            l.get(((l.len() as f64 * p) as usize).min(l.len().saturating_sub(1)))
+                .copied()
+                .unwrap_or_default()
+                .as_secs_f64()
+                * 1e3
+        };
+        let cpu_us = if o.certs > 0 {
+            o.server_cpu.as_secs_f64() * 1e6 / o.certs as f64
+        } else {
+            0.0
+        };
+        Row {
+            rate: o.certs as f64 / o.elapsed.as_secs_f64(),
+            p50_ms: pct(0.50),
+            p99_ms: pct(0.99),
+            cpu_us,
+            floor_us: floor.as_secs_f64() * 1e6,
+            rss_mb: o.rss_peak_kb as f64 / 1024.0,
+            errors: o.errors,
+        }
+    }
+
+    /// Column by column: medians, except the largest RSS and all errors.
+    fn median(rows: &[Row]) -> Row {
+        let col = |f: fn(&Row) -> f64| median_f(&rows.iter().map(f).collect::<Vec<_>>());
+        Row {
+            rate: col(|r| r.rate),
+            p50_ms: col(|r| r.p50_ms),
+            p99_ms: col(|r| r.p99_ms),
+            cpu_us: col(|r| r.cpu_us),
+            floor_us: col(|r| r.floor_us),
+            rss_mb: rows.iter().map(|r| r.rss_mb).fold(0.0, f64::max),
+            errors: rows.iter().map(|r| r.errors).sum(),
+        }
+    }
+}
+
+fn print_row(ca: &str, csr: &str, server: &str, r: &Row) {
     println!(
-        "| {ca} | {csr} | {server} | {rate:.0} | {:.2} ms | {:.2} ms | {:.0} µs | {:.0} µs | {:.2}× | {:.1} MB | {} |",
-        pct(0.50).as_secs_f64() * 1e3,
-        pct(0.99).as_secs_f64() * 1e3,
-        cpu_per.as_secs_f64() * 1e6,
-        floor.as_secs_f64() * 1e6,
-        cpu_per.as_secs_f64() / floor.as_secs_f64(),
-        o.rss_peak_kb as f64 / 1024.0,
-        o.errors
+        "| {ca} | {csr} | {server} | {:.0} | {:.2} ms | {:.2} ms | {:.0} µs | {:.0} µs | {:.2}× | {:.1} MB | {} |",
+        r.rate,
+        r.p50_ms,
+        r.p99_ms,
+        r.cpu_us,
+        r.floor_us,
+        r.cpu_us / r.floor_us,
+        r.rss_mb,
+        r.errors
     );
 }
 
@@ -246,6 +364,7 @@ async fn drive_meshca(
     d: &Path,
     csrs: &[(String, String)],
     clients: usize,
+    health_only: bool,
     dur: Duration,
 ) -> Outcome {
     let jwt_pem = PrivateKey::generate(KeyType::EcdsaP256)
@@ -300,7 +419,7 @@ async fn drive_meshca(
             .unwrap()
         })
         .collect();
-    let mut conns = Vec::new();
+    let mut channels = Vec::new();
     for _ in 0..clients {
         let tls = ClientTlsConfig::new()
             .ca_certificate(tonic::transport::Certificate::from_pem(&root))
@@ -312,10 +431,28 @@ async fn drive_meshca(
             .connect()
             .await
             .unwrap();
-        conns.push(IstioCertificateServiceClient::new(ch));
+        channels.push(ch);
     }
     let work = Arc::new((csrs.to_vec(), tokens));
+    if health_only {
+        let conns = channels.into_iter().map(HealthClient::new).collect();
+        return warm_then_measure(pid, conns, work, dur, health_call).await;
+    }
+    let conns = channels
+        .into_iter()
+        .map(IstioCertificateServiceClient::new)
+        .collect();
     warm_then_measure(pid, conns, work, dur, grpc_call).await
+}
+
+/// The standard health check: a call through the same TLS, HTTP/2 and gRPC layers with no CA
+/// work behind it.
+async fn health_call(c: &mut HealthClient<Channel>, _: &Work, _: usize) -> bool {
+    c.check(HealthCheckRequest {
+        service: String::new(),
+    })
+    .await
+    .is_ok()
 }
 
 type Work = Arc<(Vec<(String, String)>, Vec<String>)>;
@@ -562,4 +699,79 @@ async fn read_response(s: &mut TcpStream) -> Option<String> {
 
 fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
     hay.windows(needle.len()).position(|w| w == needle)
+}
+
+/// The bare-transport server: for each connection, read [`ECHO_REQUEST`] bytes and write
+/// [`ECHO_RESPONSE`] bytes, on a tokio runtime like the real server's.
+fn echo_server() {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        println!("listening on {}", listener.local_addr().unwrap());
+        loop {
+            let (mut s, _) = listener.accept().await.unwrap();
+            let _ = s.set_nodelay(true);
+            tokio::spawn(async move {
+                let mut req = vec![0u8; ECHO_REQUEST];
+                let resp = vec![1u8; ECHO_RESPONSE];
+                while s.read_exact(&mut req).await.is_ok() {
+                    if s.write_all(&resp).await.is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+}
+
+/// Drives the bare-transport server (this binary with `--echo-server`) like the others.
+async fn drive_echo(clients: usize, dur: Duration) -> Outcome {
+    let exe = std::env::current_exe().unwrap();
+    let mut child = Command::new(exe)
+        .arg("--echo-server")
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let addr = line
+        .trim()
+        .strip_prefix("listening on ")
+        .unwrap()
+        .to_owned();
+    let pid = child.id();
+    let _guard = Guard(child);
+    let mut conns = Vec::new();
+    for _ in 0..clients {
+        conns.push(HttpConn {
+            addr: addr.clone(),
+            stream: None,
+        });
+    }
+    let work: Work = Arc::new((Vec::new(), Vec::new()));
+    warm_then_measure(pid, conns, work, dur, echo_call).await
+}
+
+async fn echo_call(c: &mut HttpConn, _: &Work, _: usize) -> bool {
+    if c.stream.is_none() {
+        c.stream = TcpStream::connect(&c.addr).await.ok();
+        if let Some(s) = &c.stream {
+            let _ = s.set_nodelay(true);
+        }
+    }
+    let Some(s) = c.stream.as_mut() else {
+        return false;
+    };
+    let req = [2u8; ECHO_REQUEST];
+    let mut resp = [0u8; ECHO_RESPONSE];
+    let ok = s.write_all(&req).await.is_ok() && s.read_exact(&mut resp).await.is_ok();
+    if !ok {
+        c.stream = None;
+    }
+    ok
 }
