@@ -146,15 +146,20 @@ fn main() {
                 &format!("TCP exchange only ({ECHO_REQUEST} B in, {ECHO_RESPONSE} B out)"),
                 &Row::median(&e),
             );
-            let sum: Vec<f64> = e
-                .iter()
-                .map(|e| (e.cpu_us + e.floor_us) / e.floor_us)
-                .collect();
-            notes.push(format!(
-                "{ca_name} CA, {csr_name} CSRs: crypto floor + bare TCP exchange = {} × the crypto floor (per round: {})",
-                fmt_x(median_f(&sum)),
-                sum.iter().map(|x| fmt_x(*x)).collect::<Vec<_>>().join(", ")
-            ));
+            for (what, rows) in [
+                ("a bare gRPC health check", &h),
+                ("a bare TCP exchange", &e),
+            ] {
+                let sum: Vec<f64> = rows
+                    .iter()
+                    .map(|r| (r.cpu_us + r.floor_us) / r.floor_us)
+                    .collect();
+                notes.push(format!(
+                    "{ca_name} CA, {csr_name} CSRs: the crypto floor plus the server CPU of {what} = {} the crypto floor (per round: {})",
+                    fmt_x(median_f(&sum)),
+                    sum.iter().map(|x| fmt_x(*x)).collect::<Vec<_>>().join(", ")
+                ));
+            }
         }
         notes.push(format!(
             "{ca_name} CA, {csr_name} CSRs: meshca/cfssl throughput {} (per round: {})",
