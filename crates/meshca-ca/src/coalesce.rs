@@ -8,20 +8,22 @@
 //! batch yields once instead of writing; by the time the connection task runs again the stream
 //! task has queued the trailers, and the second flush writes everything.
 //!
-//! Writes are never held longer than that one yield, and never beyond [`HOLD_LIMIT`] bytes.
+//! Writes are never held longer than that one yield. Once [`HOLD_LIMIT`] bytes are held, what is
+//! held is written through before more is taken, so at most the limit plus one write is held.
 
 use std::io;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use rustls_pki_types::CertificateDer;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tonic::transport::server::Connected;
 
 /// Bytes held before writing through without waiting for a flush.
 pub const HOLD_LIMIT: usize = 64 * 1024;
+
+/// A buffer that grew past this in a burst is given back once drained; a unary response is ~2 KiB.
+const KEEP_CAPACITY: usize = 16 * 1024;
 
 /// A connection whose writes are gathered until a flush, and whose first flush of a batch yields
 /// once to let other tasks add to it.
@@ -64,7 +66,11 @@ impl<IO: AsyncWrite + Unpin> Coalesce<IO> {
             }
             self.sent += n;
         }
-        self.held.clear();
+        if self.held.capacity() > KEEP_CAPACITY {
+            self.held = Vec::new();
+        } else {
+            self.held.clear();
+        }
         self.sent = 0;
         Poll::Ready(Ok(()))
     }
@@ -134,26 +140,22 @@ impl<IO: AsyncWrite + Unpin> AsyncWrite for Coalesce<IO> {
     }
 }
 
-/// What a request learns of its connection: the TLS client's certificate chain, if it sent one.
-#[derive(Debug, Clone, Default)]
-pub struct PeerCerts(pub Option<Arc<Vec<CertificateDer<'static>>>>);
-
+/// Requests see the same connection info as on a bare TLS stream (the client's certificate chain
+/// and the peer address), so `Request::peer_certs` works unchanged.
 impl Connected for Coalesce<tokio_rustls::server::TlsStream<TcpStream>> {
-    type ConnectInfo = PeerCerts;
+    type ConnectInfo = <tokio_rustls::server::TlsStream<TcpStream> as Connected>::ConnectInfo;
 
-    fn connect_info(&self) -> PeerCerts {
-        let (_, session) = self.inner.get_ref();
-        PeerCerts(
-            session
-                .peer_certificates()
-                .map(|c| Arc::new(c.iter().map(|c| c.clone().into_owned()).collect())),
-        )
+    fn connect_info(&self) -> Self::ConnectInfo {
+        self.inner.connect_info()
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::task::Wake;
     use tokio::io::AsyncWriteExt;
 
     /// An in-memory connection that records each write it is given.
@@ -162,14 +164,21 @@ mod tests {
         writes: Vec<Vec<u8>>,
         /// Bytes taken per write at most, to exercise partial writes.
         max: Option<usize>,
+        /// Writes to refuse with `Pending` (waking the task at once) before taking any.
+        stalls: usize,
     }
 
     impl AsyncWrite for Recorder {
         fn poll_write(
             mut self: Pin<&mut Self>,
-            _: &mut Context<'_>,
+            cx: &mut Context<'_>,
             buf: &[u8],
         ) -> Poll<io::Result<usize>> {
+            if self.stalls > 0 {
+                self.stalls -= 1;
+                cx.waker().wake_by_ref();
+                return Poll::Pending;
+            }
             let n = self.max.map_or(buf.len(), |m| m.min(buf.len()));
             self.writes.push(buf[..n].to_vec());
             Poll::Ready(Ok(n))
@@ -182,47 +191,91 @@ mod tests {
         }
     }
 
-    fn poll_flush(c: &mut Coalesce<Recorder>) -> Poll<io::Result<()>> {
-        let waker = std::task::Waker::noop();
-        Pin::new(c).poll_flush(&mut Context::from_waker(waker))
+    /// A waker that counts its wakes.
+    #[derive(Default)]
+    struct Count(AtomicUsize);
+
+    impl Wake for Count {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+        fn wake_by_ref(self: &Arc<Self>) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
     }
 
-    #[tokio::test]
-    async fn two_flushes_in_a_row_make_one_write() {
+    fn poll_flush(c: &mut Coalesce<Recorder>, count: &Arc<Count>) -> Poll<io::Result<()>> {
+        let waker = std::task::Waker::from(count.clone());
+        Pin::new(c).poll_flush(&mut Context::from_waker(&waker))
+    }
+
+    /// What h2 does: one vectored write of several frames.
+    fn write_vectored(c: &mut Coalesce<Recorder>, parts: &[&[u8]]) -> Poll<io::Result<usize>> {
+        let slices: Vec<io::IoSlice<'_>> = parts.iter().map(|p| io::IoSlice::new(p)).collect();
+        Pin::new(c).poll_write_vectored(&mut Context::from_waker(std::task::Waker::noop()), &slices)
+    }
+
+    #[test]
+    fn two_flushes_in_a_row_make_one_write_and_the_first_wakes_the_task() {
+        let count = Arc::new(Count::default());
         let mut c = Coalesce::new(Recorder::default());
-        c.write_all(b"headers+data").await.unwrap();
-        assert!(poll_flush(&mut c).is_pending(), "the first flush yields");
+        assert!(matches!(
+            write_vectored(&mut c, &[b"headers", b"+data"]),
+            Poll::Ready(Ok(12))
+        ));
+        assert!(
+            poll_flush(&mut c, &count).is_pending(),
+            "the first flush yields"
+        );
+        assert_eq!(count.0.load(Ordering::SeqCst), 1, "and wakes its task");
         assert!(c.get_ref().writes.is_empty());
-        c.write_all(b"+trailers").await.unwrap();
-        assert!(poll_flush(&mut c).is_ready());
+        assert!(write_vectored(&mut c, &[b"+trailers"]).is_ready());
+        assert!(poll_flush(&mut c, &count).is_ready());
         assert_eq!(c.get_ref().writes, vec![b"headers+data+trailers".to_vec()]);
-        // The next batch yields again.
-        c.write_all(b"next").await.unwrap();
-        assert!(poll_flush(&mut c).is_pending());
-        assert!(poll_flush(&mut c).is_ready());
+        // Nothing held: no yield. The next batch yields again.
+        assert!(poll_flush(&mut c, &count).is_ready());
+        assert!(write_vectored(&mut c, &[b"next"]).is_ready());
+        assert!(poll_flush(&mut c, &count).is_pending());
+        assert!(poll_flush(&mut c, &count).is_ready());
         assert_eq!(c.get_ref().writes.len(), 2);
+        assert_eq!(count.0.load(Ordering::SeqCst), 2);
     }
 
     #[tokio::test]
-    async fn flush_completes_after_one_yield_and_nothing_is_lost() {
+    async fn partial_and_refused_inner_writes_lose_and_reorder_nothing() {
         let mut c = Coalesce::new(Recorder {
             max: Some(3),
+            stalls: 2,
             ..Default::default()
         });
         c.write_all(b"0123456789").await.unwrap();
+        c.write_all(b"abc").await.unwrap();
         c.flush().await.unwrap();
-        assert_eq!(c.get_ref().writes.concat(), b"0123456789");
-        assert!(poll_flush(&mut c).is_ready(), "nothing held: no yield");
+        assert_eq!(c.get_ref().writes.concat(), b"0123456789abc");
+        assert_eq!(c.get_ref().stalls, 0, "the stalled writes were retried");
     }
 
     #[tokio::test]
-    async fn large_writes_go_through_without_a_flush() {
-        let mut c = Coalesce::new(Recorder::default());
+    async fn a_full_buffer_is_written_through_before_more_is_taken() {
+        let mut c = Coalesce::new(Recorder {
+            stalls: 1,
+            ..Default::default()
+        });
         let chunk = vec![7u8; HOLD_LIMIT];
         c.write_all(&chunk).await.unwrap();
-        assert!(c.get_ref().writes.is_empty());
+        assert!(c.get_ref().writes.is_empty(), "up to the limit is held");
+        // The next write must first get the held bytes out; the inner stream stalls once.
+        let p = write_vectored(&mut c, &[b"more"]);
+        assert!(
+            p.is_pending(),
+            "backpressure while the inner stream is not ready"
+        );
         c.write_all(b"more").await.unwrap();
         assert_eq!(c.get_ref().writes.concat().len(), HOLD_LIMIT);
+        assert!(
+            c.held.capacity() <= KEEP_CAPACITY,
+            "a burst's buffer is given back"
+        );
         c.shutdown().await.unwrap();
         assert_eq!(c.get_ref().writes.concat().len(), HOLD_LIMIT + 4);
     }

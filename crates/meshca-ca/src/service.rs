@@ -10,7 +10,6 @@ use tonic::{Request, Response, Status};
 
 use crate::auth::{Authenticator, Credentials};
 use crate::clock::Clock;
-use crate::coalesce::PeerCerts;
 use crate::issuer::{CaHandle, IssuancePolicy, IssueError};
 use crate::metrics::Metrics;
 use crate::proto::istio_certificate_service_server::IstioCertificateService;
@@ -35,9 +34,7 @@ impl IstioCertificateService for CaService {
         self.metrics.csr_count.fetch_add(1, Ordering::Relaxed);
         let now = self.clock.now();
         let peer: Option<Vec<Vec<u8>>> = request
-            .extensions()
-            .get::<PeerCerts>()
-            .and_then(|p| p.0.as_ref())
+            .peer_certs()
             .map(|certs| certs.iter().map(|c| c.as_ref().to_vec()).collect());
         let meta = request.metadata();
         let authorization = meta.get("authorization").and_then(|v| v.to_str().ok());
