@@ -357,6 +357,30 @@ fn proc_hwm_kb(pid: u32) -> u64 {
 
 struct Guard(Child);
 
+/// Starts a server that prints `listening on ADDR` first; returns it (killed on drop), its pid and
+/// the address.
+fn start_listening(mut cmd: Command) -> (Guard, u32, String) {
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let addr = line
+        .trim()
+        .strip_prefix("listening on ")
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_owned();
+    let pid = child.id();
+    (Guard(child), pid, addr)
+}
+
 impl Drop for Guard {
     fn drop(&mut self) {
         let _ = self.0.kill();
@@ -381,30 +405,13 @@ async fn drive_meshca(
         meshca_token::Jwks::from_keys([key.public_jwk()]).to_json(),
     )
     .unwrap();
-    let mut child = Command::new(bin)
-        .args(["serve", "--listen", "127.0.0.1:0", "--cacerts"])
+    let mut cmd = Command::new(bin);
+    cmd.args(["serve", "--listen", "127.0.0.1:0", "--cacerts"])
         .arg(d.join("c1"))
         .arg("--jwt-issuer")
         .arg(format!("bench={}", d.join("jwks.json").display()))
-        .env("MESHCA_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let addr = line
-        .trim()
-        .strip_prefix("listening on ")
-        .unwrap()
-        .split_whitespace()
-        .next()
-        .unwrap()
-        .to_owned();
-    let pid = child.id();
-    let _guard = Guard(child);
+        .env("MESHCA_LOG", "warn");
+    let (_guard, pid, addr) = start_listening(cmd);
     let root = std::fs::read_to_string(d.join("root-cert.pem")).unwrap();
     let now = time::OffsetDateTime::now_utc();
     let tokens: Vec<String> = csrs
@@ -734,23 +741,9 @@ fn echo_server() {
 
 /// Drives the bare-transport server (this binary with `--echo-server`) like the others.
 async fn drive_echo(clients: usize, dur: Duration) -> Outcome {
-    let exe = std::env::current_exe().unwrap();
-    let mut child = Command::new(exe)
-        .arg("--echo-server")
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let addr = line
-        .trim()
-        .strip_prefix("listening on ")
-        .unwrap()
-        .to_owned();
-    let pid = child.id();
-    let _guard = Guard(child);
+    let mut cmd = Command::new(std::env::current_exe().unwrap());
+    cmd.arg("--echo-server");
+    let (_guard, pid, addr) = start_listening(cmd);
     let mut conns = Vec::new();
     for _ in 0..clients {
         conns.push(HttpConn {
