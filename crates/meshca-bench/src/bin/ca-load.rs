@@ -653,23 +653,29 @@ impl Clone for HttpConn {
     }
 }
 
+impl HttpConn {
+    /// The open connection, opened (without Nagle's delay) if there is none.
+    async fn stream(&mut self) -> Option<&mut TcpStream> {
+        if self.stream.is_none() {
+            let s = TcpStream::connect(&self.addr).await.ok()?;
+            let _ = s.set_nodelay(true);
+            self.stream = Some(s);
+        }
+        self.stream.as_mut()
+    }
+}
+
 async fn cfssl_call(c: &mut HttpConn, work: &Work, i: usize) -> bool {
     let body = &work.1[i % work.1.len()];
+    let req = format!(
+        "POST /api/v1/cfssl/sign HTTP/1.1\r\nhost: {}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+        c.addr,
+        body.len()
+    );
     for _attempt in 0..2 {
-        if c.stream.is_none() {
-            c.stream = TcpStream::connect(&c.addr).await.ok();
-            if let Some(s) = &c.stream {
-                let _ = s.set_nodelay(true);
-            }
-        }
-        let Some(s) = c.stream.as_mut() else {
+        let Some(s) = c.stream().await else {
             return false;
         };
-        let req = format!(
-            "POST /api/v1/cfssl/sign HTTP/1.1\r\nhost: {}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
-            c.addr,
-            body.len()
-        );
         if s.write_all(req.as_bytes()).await.is_err() {
             c.stream = None;
             continue;
@@ -756,13 +762,7 @@ async fn drive_echo(clients: usize, dur: Duration) -> Outcome {
 }
 
 async fn echo_call(c: &mut HttpConn, _: &Work, _: usize) -> bool {
-    if c.stream.is_none() {
-        c.stream = TcpStream::connect(&c.addr).await.ok();
-        if let Some(s) = &c.stream {
-            let _ = s.set_nodelay(true);
-        }
-    }
-    let Some(s) = c.stream.as_mut() else {
+    let Some(s) = c.stream().await else {
         return false;
     };
     let req = [2u8; ECHO_REQUEST];
