@@ -1,9 +1,11 @@
 //! Test support shared by meshca's integration tests: running the real `openssl` CLI as an
-//! independent checker, snapshots of folders to prove that a failed run changed nothing, and the
-//! path of the shared fixtures.
+//! independent checker, snapshots of folders to prove that a failed run changed nothing, the
+//! path of the shared fixtures, and ([`kube`]) a real Kubernetes control plane on loopback.
 
 #![forbid(unsafe_code)]
 #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+pub mod kube;
 
 use std::collections::BTreeMap;
 use std::ffi::OsStr;
