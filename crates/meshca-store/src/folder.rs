@@ -1,11 +1,9 @@
-//! Where clusters' secrets live. [`SecretStore`] is what the reconciler needs of a store; the
-//! folder store is the default, and [`MemoryStore`] serves the simulator and dry runs.
-//!
-//! The folder store: `<root>/<cluster>/<namespace>/<secret>/<key>`, the layout a Kubernetes
+//! Clusters as folders: `<root>/<cluster>/<namespace>/<secret>/<key>`, the layout a Kubernetes
 //! secret volume has, so `meshca serve --cacerts <root>/cluster1/istio-system/cacerts` reads what
-//! the reconciler writes. A secret is replaced whole, as the kubelet does it: the keys are written
-//! into a new hidden folder, a `..data` symlink is swapped to it in one rename, and each key is a
-//! symlink through `..data`. A reader never sees half of an update.
+//! the trust manager writes. A secret is replaced whole, as the kubelet does it: the keys are
+//! written into a new hidden folder, a `..data` symlink is swapped to it in one rename, and each
+//! key is a symlink through `..data`. A reader never sees half of an update, and the `..data`
+//! target is the secret's [`Version`].
 //!
 //! Many secrets written together ([`SecretStore::write_all`]) share the wait for the disk: every
 //! secret's new files and folder are written first, and reach the disk before any `..data` swap
@@ -13,19 +11,20 @@
 //! last. A few secrets are synced file by file; a large batch is flushed with one `syncfs` per
 //! file system before and one after the swaps, which costs the disk one flush instead of
 //! thousands.
+//!
+//! A write's precondition is checked against the `..data` link just before the swap. The folder
+//! store serves one manager at a time (the embedded default); the check catches a change made
+//! since the manager read the secret, not two writers racing inside the same instant.
 
-use std::collections::BTreeMap;
 use std::fs;
 use std::io::ErrorKind;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, symlink};
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 
-use meshca_store::StoreError;
-
-/// A secret's data: key name to bytes.
-pub type SecretData = BTreeMap<String, Vec<u8>>;
+use crate::StoreError;
+use crate::parallel::in_parallel;
+use crate::secrets::{Expect, Secret, SecretData, SecretKey, SecretStore, SecretWrite, Version};
 
 /// Key names whose contents are private (mode 0600).
 const PRIVATE_KEYS: &[&str] = &["ca-key.pem", "tls.key", "key.pem", "root-key.pem"];
@@ -40,189 +39,6 @@ const FS_WORKERS: usize = 4;
 const SYNC_WORKERS: usize = 32;
 /// From this many secrets on, a batch is flushed with `syncfs` rather than file by file.
 const SYNCFS_BATCH: usize = 16;
-
-/// One secret to replace, for [`SecretStore::write_all`].
-#[derive(Clone, Copy, Debug)]
-pub struct SecretWrite<'a> {
-    /// The cluster.
-    pub cluster: &'a str,
-    /// The secret's namespace.
-    pub namespace: &'a str,
-    /// The secret's name.
-    pub name: &'a str,
-    /// What the secret is to hold.
-    pub data: &'a SecretData,
-}
-
-/// What the reconciler needs of a store: clusters, and secrets read and replaced whole.
-pub trait SecretStore: Send + Sync {
-    /// Cluster names, sorted.
-    fn clusters(&self) -> Result<Vec<String>, StoreError>;
-    /// Reads a secret; `None` if it does not exist.
-    fn read(
-        &self,
-        cluster: &str,
-        namespace: &str,
-        name: &str,
-    ) -> Result<Option<SecretData>, StoreError>;
-    /// Replaces a secret whole: a reader sees the old data or the new, never a mix.
-    fn write(
-        &self,
-        cluster: &str,
-        namespace: &str,
-        name: &str,
-        data: &SecretData,
-    ) -> Result<(), StoreError>;
-    /// Replaces several secrets, each whole as [`SecretStore::write`] does. When one fails the
-    /// error is returned and any of the others may or may not have been replaced. The default
-    /// writes them one by one, in order.
-    fn write_all(&self, writes: &[SecretWrite<'_>]) -> Result<(), StoreError> {
-        for w in writes {
-            self.write(w.cluster, w.namespace, w.name, w.data)?;
-        }
-        Ok(())
-    }
-    /// Where a secret is, for messages.
-    fn describe(&self, cluster: &str, namespace: &str, name: &str) -> String {
-        format!("{cluster}/{namespace}/{name}")
-    }
-    /// A cheap token that changes whenever the secret does: what a watching manager polls.
-    fn version(
-        &self,
-        cluster: &str,
-        namespace: &str,
-        name: &str,
-    ) -> Result<Option<String>, StoreError> {
-        Ok(self
-            .read(cluster, namespace, name)?
-            .map(|d| content_version(&d)))
-    }
-}
-
-/// A token of a secret's contents, for stores that keep no version of their own.
-fn content_version(data: &SecretData) -> String {
-    use std::hash::{Hash, Hasher};
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    data.hash(&mut h);
-    format!("{:016x}", h.finish())
-}
-
-type SecretKey = (String, String, String);
-
-/// Secrets in memory: the simulator's store, and the overlay of a dry run.
-#[derive(Debug, Default)]
-pub struct MemoryStore {
-    clusters: Mutex<Vec<String>>,
-    secrets: Mutex<BTreeMap<SecretKey, SecretData>>,
-    writes: AtomicU64,
-    crashes: Mutex<Vec<u64>>,
-}
-
-impl MemoryStore {
-    /// An empty store with these (empty) clusters.
-    pub fn with_clusters<S: AsRef<str>>(clusters: &[S]) -> Self {
-        let mut names: Vec<String> = clusters.iter().map(|c| c.as_ref().to_owned()).collect();
-        names.sort();
-        names.dedup();
-        MemoryStore {
-            clusters: Mutex::new(names),
-            ..Default::default()
-        }
-    }
-
-    /// A copy of every secret of `other`'s clusters: the starting point of a dry run.
-    pub fn copy_of(
-        other: &dyn SecretStore,
-        namespaces: &[(&str, &str)],
-    ) -> Result<Self, StoreError> {
-        let clusters = other.clusters()?;
-        let me = MemoryStore::with_clusters(&clusters);
-        for c in &clusters {
-            for (ns, name) in namespaces {
-                if let Some(d) = other.read(c, ns, name)? {
-                    me.write(c, ns, name, &d)?;
-                }
-            }
-        }
-        me.writes.store(0, Ordering::Relaxed);
-        Ok(me)
-    }
-
-    /// How many writes this store has taken.
-    pub fn writes(&self) -> u64 {
-        self.writes.load(Ordering::Relaxed)
-    }
-
-    /// Makes the writes with these numbers (counting from 0, as [`MemoryStore::writes`] counts)
-    /// fail as if the manager had been killed just before them: what kill-and-resume tests use.
-    /// Each fails once; the write counter does not move for a failed write.
-    pub fn crash_at_writes(&self, numbers: impl IntoIterator<Item = u64>) {
-        self.crashes
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .extend(numbers);
-    }
-
-    fn lock_secrets(&self) -> std::sync::MutexGuard<'_, BTreeMap<SecretKey, SecretData>> {
-        // A panic while holding the lock cannot leave a half-written map: every write is one insert.
-        self.secrets.lock().unwrap_or_else(|p| p.into_inner())
-    }
-}
-
-impl SecretStore for MemoryStore {
-    fn clusters(&self) -> Result<Vec<String>, StoreError> {
-        Ok(self
-            .clusters
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone())
-    }
-
-    fn read(
-        &self,
-        cluster: &str,
-        namespace: &str,
-        name: &str,
-    ) -> Result<Option<SecretData>, StoreError> {
-        Ok(self
-            .lock_secrets()
-            .get(&(cluster.to_owned(), namespace.to_owned(), name.to_owned()))
-            .cloned())
-    }
-
-    fn write(
-        &self,
-        cluster: &str,
-        namespace: &str,
-        name: &str,
-        data: &SecretData,
-    ) -> Result<(), StoreError> {
-        {
-            let n = self.writes.load(Ordering::Relaxed);
-            let mut crashes = self.crashes.lock().unwrap_or_else(|p| p.into_inner());
-            if let Some(i) = crashes.iter().position(|c| *c == n) {
-                crashes.swap_remove(i);
-                return Err(StoreError::Conflict {
-                    path: PathBuf::from(format!("{cluster}/{namespace}/{name}")),
-                    reason: format!("simulated crash before write {n}"),
-                });
-            }
-        }
-        {
-            let mut cs = self.clusters.lock().unwrap_or_else(|p| p.into_inner());
-            if !cs.iter().any(|c| c == cluster) {
-                cs.push(cluster.to_owned());
-                cs.sort();
-            }
-        }
-        self.lock_secrets().insert(
-            (cluster.to_owned(), namespace.to_owned(), name.to_owned()),
-            data.clone(),
-        );
-        self.writes.fetch_add(1, Ordering::Relaxed);
-        Ok(())
-    }
-}
 
 /// Clusters as folders under one root.
 #[derive(Clone, Debug)]
@@ -247,6 +63,11 @@ impl FolderStore {
     /// The folder of a secret.
     pub fn secret_dir(&self, cluster: &str, namespace: &str, name: &str) -> PathBuf {
         self.root.join(cluster).join(namespace).join(name)
+    }
+
+    /// The folder of the secret `key`.
+    pub fn dir_of(&self, key: &SecretKey) -> PathBuf {
+        self.secret_dir(&key.cluster, &key.namespace, &key.name)
     }
 }
 
@@ -274,68 +95,66 @@ impl SecretStore for FolderStore {
         Ok(out)
     }
 
-    fn read(
-        &self,
-        cluster: &str,
-        namespace: &str,
-        name: &str,
-    ) -> Result<Option<SecretData>, StoreError> {
-        let dir = self.secret_dir(cluster, namespace, name);
+    fn get(&self, key: &SecretKey) -> Result<Option<Secret>, StoreError> {
+        let dir = self.dir_of(key);
         // A secret written by a `..data` swap is read from the data folder the link names: every
         // key from one version, even while a writer swaps it (and removes the old folder, in
         // which case the new one is read).
         for _ in 0..3 {
-            let target = match fs::read_link(dir.join("..data")) {
-                Ok(t) => t,
-                Err(e)
-                    if matches!(
-                        e.kind(),
-                        ErrorKind::NotFound | ErrorKind::NotADirectory | ErrorKind::InvalidInput
-                    ) =>
-                {
-                    break;
-                }
-                Err(e) => return Err(io(&dir.join("..data"), "cannot read")(e)),
+            let Some(target) = data_link(&dir)? else {
+                break;
             };
-            let folder = dir.join(target);
-            match read_folder(&folder, false) {
-                Ok(Some(data)) => return Ok(Some(data)),
-                Ok(None) => continue,
-                Err(e) => return Err(e),
+            match read_folder(&dir.join(&target), false)? {
+                Some(data) => {
+                    return Ok(Some(Secret {
+                        data,
+                        version: Version::new(target),
+                    }));
+                }
+                None => continue,
             }
         }
         // A folder made by hand, without the link: each key as it is.
-        read_folder(&dir, true)
+        Ok(read_folder(&dir, true)?.map(|data| Secret {
+            version: Version::of_contents(&data),
+            data,
+        }))
     }
 
     /// Replaces a secret whole with `data` by a `..data` symlink swap.
     fn write(
         &self,
-        cluster: &str,
-        namespace: &str,
-        name: &str,
+        key: &SecretKey,
         data: &SecretData,
-    ) -> Result<(), StoreError> {
-        self.write_all(&[SecretWrite {
-            cluster,
-            namespace,
-            name,
-            data,
-        }])
+        expect: &Expect,
+    ) -> Result<Version, StoreError> {
+        let mut out = self.write_all(&[SecretWrite { key, data, expect }]);
+        out.pop().unwrap_or_else(|| {
+            Err(StoreError::Conflict {
+                path: self.dir_of(key),
+                reason: "the write was not made".to_owned(),
+            })
+        })
     }
 
     /// Replaces secrets by `..data` swaps, syncing them together: every new file and its folder
     /// reaches the disk before any swap, and every swapped folder (and any folder made for it)
     /// after the swaps, before this returns. A crash leaves each secret old or new, never half.
-    fn write_all(&self, writes: &[SecretWrite<'_>]) -> Result<(), StoreError> {
+    /// A secret that cannot be written, or whose precondition fails, does not stop the others.
+    fn write_all(&self, writes: &[SecretWrite<'_>]) -> Vec<Result<Version, StoreError>> {
         let whole_fs = writes.len() >= SYNCFS_BATCH;
         // The file systems are opened before anything is written: `syncfs` reports the write
         // errors of its file system since its handle was opened (Linux 5.8 and later).
         let file_systems = if whole_fs {
-            self.file_systems(writes)?
+            match self.file_systems(writes) {
+                Ok(f) => f,
+                Err(e) => return writes.iter().map(|_| Err(again(&e))).collect(),
+            }
         } else {
             Vec::new()
         };
+        let mut results: Vec<Option<Result<Version, StoreError>>> =
+            writes.iter().map(|_| None).collect();
         let staged = in_parallel(
             writes.len(),
             if whole_fs { FS_WORKERS } else { SYNC_WORKERS },
@@ -343,27 +162,23 @@ impl SecretStore for FolderStore {
             |i| self.stage(&writes[i], !whole_fs),
         );
         let mut ready = Vec::with_capacity(staged.len());
-        let mut first_error = None;
-        for s in staged {
+        for (i, s) in staged.into_iter().enumerate() {
             match s {
-                Ok(s) => ready.push(s),
-                Err(e) => {
-                    first_error.get_or_insert(e);
-                }
+                Ok(s) => ready.push((i, s)),
+                Err(e) => results[i] = Some(Err(e)),
             }
         }
-        if first_error.is_none() && whole_fs {
-            first_error = sync_file_systems(&file_systems).err();
-        }
-        if let Some(e) = first_error {
-            // Refused before any swap: nothing changes.
-            ready.iter().for_each(Staged::discard);
-            return Err(e);
+        if whole_fs && let Err(e) = sync_file_systems(&file_systems) {
+            // Nothing staged is known to be on the disk: refused before any swap.
+            for (i, s) in &ready {
+                s.discard();
+                results[*i] = Some(Err(again(&e)));
+            }
+            ready.clear();
         }
         // Swaps of different secrets are independent and go on several threads; two writes of
         // one secret share its `..data_tmp`, so a batch holding any goes one by one, in order.
-        // After a failing swap no new one starts.
-        let mut distinct: Vec<&Path> = ready.iter().map(|s| s.dir.as_path()).collect();
+        let mut distinct: Vec<&Path> = ready.iter().map(|(_, s)| s.dir.as_path()).collect();
         distinct.sort();
         distinct.dedup();
         let workers = if distinct.len() == ready.len() {
@@ -371,34 +186,30 @@ impl SecretStore for FolderStore {
         } else {
             1
         };
-        let mut swaps = in_parallel(
+        let swaps = in_parallel(
             ready.len(),
             workers,
-            |r| !matches!(r, Ok((_, Ok(())))),
-            |i| ready[i].commit(writes[i].data),
-        )
-        .into_iter();
+            |_| false,
+            |j| {
+                let (i, s) = &ready[j];
+                s.commit(writes[*i].data, writes[*i].expect)
+            },
+        );
         let mut committed = Vec::with_capacity(ready.len());
-        let mut failed = None;
-        for s in &ready {
-            match swaps.next() {
-                Some(Ok((old, links))) => {
+        for ((i, s), swap) in ready.iter().zip(swaps) {
+            match swap {
+                Ok((old, links)) => {
                     // Swapped: synced and cleaned up like the others, even if a key's link
                     // could not be made (that is still reported).
-                    committed.push((s, old));
-                    if let Err(e) = links {
-                        failed.get_or_insert(e);
-                    }
+                    results[*i] = Some(links.map(|()| Version::new(s.stamp.clone())));
+                    committed.push((*i, s, old));
                 }
-                Some(Err(e)) => {
-                    failed.get_or_insert(e);
-                }
-                None => s.discard(),
+                Err(e) => results[*i] = Some(Err(e)),
             }
         }
         let mut dirs: Vec<&Path> = committed
             .iter()
-            .flat_map(|(s, _)| s.dirs_after.iter().map(PathBuf::as_path))
+            .flat_map(|(_, s, _)| s.dirs_after.iter().map(PathBuf::as_path))
             .collect();
         dirs.sort();
         dirs.dedup();
@@ -412,10 +223,17 @@ impl SecretStore for FolderStore {
             .collect::<Result<Vec<()>, _>>()
             .map(|_| ())
         };
+        if let Err(e) = synced {
+            for (i, _, _) in &committed {
+                if matches!(results[*i], Some(Ok(_))) {
+                    results[*i] = Some(Err(again(&e)));
+                }
+            }
+        }
         // Old data folders go last, when nothing points at them any more.
         let olds: Vec<PathBuf> = committed
             .iter()
-            .filter_map(|(s, old)| old.as_ref().map(|o| s.dir.join(o)))
+            .filter_map(|(_, s, old)| old.as_ref().map(|o| s.dir.join(o)))
             .collect();
         in_parallel(
             olds.len(),
@@ -425,33 +243,62 @@ impl SecretStore for FolderStore {
                 let _ = fs::remove_dir_all(&olds[i]);
             },
         );
-        match failed {
-            Some(e) => Err(e),
-            None => synced,
-        }
+        results
+            .into_iter()
+            .zip(writes)
+            .map(|(r, w)| {
+                r.unwrap_or_else(|| {
+                    Err(StoreError::Conflict {
+                        path: self.dir_of(w.key),
+                        reason: "the write was not made".to_owned(),
+                    })
+                })
+            })
+            .collect()
     }
 
-    fn describe(&self, cluster: &str, namespace: &str, name: &str) -> String {
-        self.secret_dir(cluster, namespace, name)
-            .display()
-            .to_string()
+    fn describe(&self, key: &SecretKey) -> String {
+        self.dir_of(key).display().to_string()
     }
 
     /// The `..data` link's target: every write swaps it. Folders made by hand, without the
     /// link, fall back to hashing the contents.
-    fn version(
-        &self,
-        cluster: &str,
-        namespace: &str,
-        name: &str,
-    ) -> Result<Option<String>, StoreError> {
-        let dir = self.secret_dir(cluster, namespace, name);
-        match fs::read_link(dir.join("..data")) {
-            Ok(target) => Ok(Some(target.to_string_lossy().into_owned())),
-            Err(_) => Ok(self
-                .read(cluster, namespace, name)?
-                .map(|d| content_version(&d))),
+    fn version(&self, key: &SecretKey) -> Result<Option<Version>, StoreError> {
+        match data_link(&self.dir_of(key))? {
+            Some(target) => Ok(Some(Version::new(target))),
+            None => Ok(self.get(key)?.map(|s| s.version)),
         }
+    }
+}
+
+/// The `..data` link's target in a secret's folder; `None` if there is no link.
+fn data_link(dir: &Path) -> Result<Option<String>, StoreError> {
+    match fs::read_link(dir.join("..data")) {
+        Ok(t) => Ok(Some(t.to_string_lossy().into_owned())),
+        Err(e)
+            if matches!(
+                e.kind(),
+                ErrorKind::NotFound | ErrorKind::NotADirectory | ErrorKind::InvalidInput
+            ) =>
+        {
+            Ok(None)
+        }
+        Err(e) => Err(io(&dir.join("..data"), "cannot read")(e)),
+    }
+}
+
+/// The same failure again, for each write of a batch that one failure stopped.
+fn again(e: &StoreError) -> StoreError {
+    match e {
+        StoreError::Io { path, what, source } => StoreError::Io {
+            path: path.clone(),
+            what,
+            source: std::io::Error::new(source.kind(), source.to_string()),
+        },
+        other => StoreError::Conflict {
+            path: PathBuf::new(),
+            reason: other.to_string(),
+        },
     }
 }
 
@@ -466,7 +313,7 @@ impl FolderStore {
         let mut out: Vec<(PathBuf, fs::File)> = Vec::new();
         let mut seen = Vec::new();
         for w in writes {
-            let secret = self.secret_dir(w.cluster, w.namespace, w.name);
+            let secret = self.dir_of(w.key);
             let mut cur = secret.as_path();
             let dev = loop {
                 match fs::metadata(cur) {
@@ -489,7 +336,7 @@ impl FolderStore {
     /// Writes a secret's files into a new hidden folder beside its `..data`, and with `sync`
     /// syncs each, then the folder (else the batch's `syncfs` does): nothing points at them yet.
     fn stage(&self, w: &SecretWrite<'_>, sync: bool) -> Result<Staged, StoreError> {
-        let dir = self.secret_dir(w.cluster, w.namespace, w.name);
+        let dir = self.dir_of(w.key);
         let mut made = Vec::new();
         let mut dirs_after = Vec::new();
         if !dir.is_dir() {
@@ -507,8 +354,13 @@ impl FolderStore {
             }
         }
         dirs_after.push(dir.clone());
+        // The stamp is the secret's next version: the time makes it unique across processes
+        // (a pid can come back), the counter within one.
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
         let stamp = format!(
-            "..{}_{}",
+            "..{nanos:x}_{}_{}",
             std::process::id(),
             COUNTER.fetch_add(1, Ordering::Relaxed)
         );
@@ -573,8 +425,31 @@ impl Staged {
     /// Swaps `..data` to the new folder and links any new key; returns the old data folder's name.
     /// After the swap the secret is committed whatever happens to its key links, whose failure
     /// comes second.
-    fn commit(&self, data: &SecretData) -> Result<Swapped, StoreError> {
+    fn commit(&self, data: &SecretData, expect: &Expect) -> Result<Swapped, StoreError> {
         let dir = &self.dir;
+        let found = match data_link(dir) {
+            Ok(Some(t)) => Ok(Some(Version::new(t))),
+            Ok(None) => read_folder(dir, true).map(|d| {
+                d.filter(|d| !d.is_empty())
+                    .map(|d| Version::of_contents(&d))
+            }),
+            Err(e) => Err(e),
+        };
+        let found = match found {
+            Ok(f) => f,
+            Err(e) => {
+                self.discard();
+                return Err(e);
+            }
+        };
+        if !expect.is_met_by(found.as_ref()) {
+            self.discard();
+            return Err(StoreError::VersionConflict {
+                key: dir.display().to_string(),
+                expected: expect.to_string(),
+                found: found.map_or_else(|| "absent".to_owned(), |v| format!("version {v}")),
+            });
+        }
         let tmp_link = dir.join("..data_tmp");
         let _ = fs::remove_file(&tmp_link);
         if let Err(e) = symlink(&self.stamp, &tmp_link) {
@@ -695,92 +570,30 @@ fn sync_path(path: &Path) -> Result<(), StoreError> {
         .map_err(io(path, "cannot sync"))
 }
 
-/// Runs `job(i)` for every `i` in `0..n` on up to `workers` threads, the calling one among them,
-/// each thread taking the next index when it finishes one (so that a slow job, an RSA key say,
-/// holds up no fixed share). Once a result satisfies `stop`, no new index is taken. Returns the
-/// results of indices `0..m` in order, `m <= n`: every index below a stopping one has run, so the
-/// first stopping result in order is the one a plain loop would have stopped at.
-pub(crate) fn in_parallel<R: Send>(
-    n: usize,
-    workers: usize,
-    stop: impl Fn(&R) -> bool + Sync,
-    job: impl Fn(usize) -> R + Sync,
-) -> Vec<R> {
-    let workers = workers.min(n);
-    if workers <= 1 {
-        let mut out = Vec::with_capacity(n);
-        for i in 0..n {
-            let r = job(i);
-            let done = stop(&r);
-            out.push(r);
-            if done {
-                break;
-            }
-        }
-        return out;
-    }
-    let next = AtomicUsize::new(0);
-    let stopped = AtomicBool::new(false);
-    let work = || {
-        let mut out = Vec::new();
-        while !stopped.load(Ordering::Relaxed) {
-            let i = next.fetch_add(1, Ordering::Relaxed);
-            if i >= n {
-                break;
-            }
-            let r = job(i);
-            if stop(&r) {
-                stopped.store(true, Ordering::Relaxed);
-            }
-            out.push((i, r));
-        }
-        out
-    };
-    let mut all = std::thread::scope(|s| {
-        let others: Vec<_> = (1..workers).map(|_| s.spawn(work)).collect();
-        let mut all = work();
-        for h in others {
-            match h.join() {
-                Ok(part) => all.extend(part),
-                // A job panicked: carry on unwinding, as a plain loop would have.
-                Err(panic) => std::panic::resume_unwind(panic),
-            }
-        }
-        all
-    });
-    all.sort_unstable_by_key(|(i, _)| *i);
-    all.into_iter().map(|(_, r)| r).collect()
-}
-
-/// [`in_parallel`] for jobs that can fail: every result in order, or the first failure in order.
-pub(crate) fn try_in_parallel<T: Send, E: Send>(
-    n: usize,
-    workers: usize,
-    job: impl Fn(usize) -> Result<T, E> + Sync,
-) -> Result<Vec<T>, E> {
-    in_parallel(n, workers, Result::is_err, job)
-        .into_iter()
-        .collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::os::unix::fs::PermissionsExt;
 
+    fn key(cluster: &str) -> SecretKey {
+        SecretKey::new(cluster, "istio-system", "cacerts")
+    }
+
+    /// What a writer that has just read the secret expects.
+    fn current(s: &FolderStore, cluster: &str) -> Expect {
+        Expect::from_read(s.get(&key(cluster)).unwrap().as_ref())
+    }
+
     #[test]
     fn secrets_are_swapped_whole_through_data() {
         let t = tempfile::tempdir().unwrap();
         let s = FolderStore::open(t.path()).unwrap();
-        assert!(s.read("c1", "istio-system", "cacerts").unwrap().is_none());
+        assert!(s.read(&key("c1")).unwrap().is_none());
         let mut v1 = SecretData::new();
         v1.insert("ca-cert.pem".into(), b"one".to_vec());
         v1.insert("ca-key.pem".into(), b"k1".to_vec());
-        s.write("c1", "istio-system", "cacerts", &v1).unwrap();
-        assert_eq!(
-            s.read("c1", "istio-system", "cacerts").unwrap().unwrap(),
-            v1
-        );
+        s.write(&key("c1"), &v1, &current(&s, "c1")).unwrap();
+        assert_eq!(s.read(&key("c1")).unwrap().unwrap(), v1);
         let dir = s.secret_dir("c1", "istio-system", "cacerts");
         assert!(
             fs::symlink_metadata(dir.join("ca-cert.pem"))
@@ -801,11 +614,8 @@ mod tests {
         let mut v2 = SecretData::new();
         v2.insert("ca-cert.pem".into(), b"two".to_vec());
         v2.insert("root-cert.pem".into(), b"r".to_vec());
-        s.write("c1", "istio-system", "cacerts", &v2).unwrap();
-        assert_eq!(
-            s.read("c1", "istio-system", "cacerts").unwrap().unwrap(),
-            v2
-        );
+        s.write(&key("c1"), &v2, &current(&s, "c1")).unwrap();
+        assert_eq!(s.read(&key("c1")).unwrap().unwrap(), v2);
         let hidden: Vec<_> = fs::read_dir(&dir)
             .unwrap()
             .flatten()
@@ -844,51 +654,71 @@ mod tests {
             d.insert("ca-key.pem".into(), format!("key {v}").into_bytes());
             d
         };
-        let (a1, b1, a2) = (data("a1"), data("b1"), data("a2"));
-        let w = |cluster, data| SecretWrite {
-            cluster,
-            namespace: "istio-system",
-            name: "cacerts",
-            data,
+        let keys: Vec<SecretKey> = ["a", "b", "c"].into_iter().map(key).collect();
+        let pads: Vec<SecretKey> = (0..pad).map(|i| key(&format!("p{i:02}"))).collect();
+        let (a1, b1, p1) = (data("a1"), data("b1"), data("p1"));
+        let absent = Expect::Absent;
+        let w = |key, data, expect| SecretWrite { key, data, expect };
+        let mut batch = vec![w(&keys[0], &a1, &absent), w(&keys[1], &b1, &absent)];
+        batch.extend(pads.iter().map(|k| w(k, &p1, &absent)));
+        let versions: Vec<Version> = s
+            .write_all(&batch)
+            .into_iter()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        let holds = |k: &SecretKey, data: &SecretData| {
+            assert_eq!(s.read(k).unwrap().as_ref(), Some(data), "{k}");
         };
-        let pads: Vec<String> = (0..pad).map(|i| format!("p{i:02}")).collect();
-        let (p1, p2) = (data("p1"), data("p2"));
-        // Two writes of one secret in a batch land in order.
-        let mut batch = vec![w("a", &a1), w("b", &b1), w("a", &a2)];
-        batch.extend(pads.iter().map(|c| w(c, &p1)));
-        s.write_all(&batch).unwrap();
-        let holds = |cluster: &str, data: &SecretData| {
-            assert_eq!(
-                s.read(cluster, "istio-system", "cacerts").unwrap().as_ref(),
-                Some(data),
-                "{cluster}"
-            );
-        };
-        holds("a", &a2);
-        holds("b", &b1);
-        pads.iter().for_each(|c| holds(c, &p1));
-        let dir_a = s.secret_dir("a", "istio-system", "cacerts");
+        holds(&keys[0], &a1);
+        holds(&keys[1], &b1);
+        pads.iter().for_each(|k| holds(k, &p1));
+        assert_eq!(s.version(&keys[0]).unwrap().as_ref(), Some(&versions[0]));
+        let dir_a = s.dir_of(&keys[0]);
         assert_eq!(hidden(&dir_a).len(), 2, "..data and one data folder");
-        let key = dir_a.join("ca-key.pem");
-        let mode = fs::metadata(&key).unwrap().permissions().mode() & 0o777;
-        assert_eq!(mode, 0o600, "{}", key.display());
+        let key_file = dir_a.join("ca-key.pem");
+        let mode = fs::metadata(&key_file).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "{}", key_file.display());
 
-        // A key that cannot be written refuses the whole batch before any swap.
-        let mut bad = data("b2");
+        // Two writes of one secret read at one version: the first lands, the second is a
+        // conflict, in batch order.
+        let (a2, a3) = (data("a2"), data("a3"));
+        let read_a = Expect::Version(versions[0].clone());
+        let r = s.write_all(&[w(&keys[0], &a2, &read_a), w(&keys[0], &a3, &read_a)]);
+        assert!(r[0].is_ok(), "{:?}", r[0]);
+        assert!(r[1].as_ref().unwrap_err().is_conflict(), "{:?}", r[1]);
+        holds(&keys[0], &a2);
+
+        // A stale precondition and an unwritable key fail alone; the other writes land.
+        let mut bad = data("a4");
         bad.insert("no/such/folder".into(), b"x".to_vec());
-        let b2 = data("b2");
+        let (b2, c1, p2) = (data("b2"), data("c1"), data("p2"));
         let before = hidden(&dir_a);
-        let mut batch = vec![w("b", &b2), w("c", &b2)];
-        batch.extend(pads.iter().map(|c| w(c, &p2)));
-        batch.push(w("a", &bad));
-        assert!(s.write_all(&batch).is_err());
-        holds("b", &b1);
-        pads.iter().for_each(|c| holds(c, &p1));
-        assert_eq!(hidden(&dir_a), before, "the staged folder is removed");
-        assert!(s.read("c", "istio-system", "cacerts").unwrap().is_none());
-        assert!(
-            !t.path().join("c").exists(),
-            "folders made for it are removed"
+        let now_a = current(&s, "a");
+        let expects: Vec<Expect> = versions[2..].iter().cloned().map(Expect::Version).collect();
+        let mut batch = vec![
+            w(&keys[1], &b2, &absent),
+            w(&keys[2], &c1, &absent),
+            w(&keys[0], &bad, &now_a),
+        ];
+        batch.extend(pads.iter().zip(&expects).map(|(k, e)| w(k, &p2, e)));
+        let r = s.write_all(&batch);
+        assert!(r[0].as_ref().unwrap_err().is_conflict(), "{:?}", r[0]);
+        assert!(r[1].is_ok() && r[3..].iter().all(Result::is_ok), "{r:?}");
+        assert!(matches!(r[2], Err(StoreError::Io { .. })), "{:?}", r[2]);
+        holds(&keys[0], &a2);
+        holds(&keys[1], &b1);
+        holds(&keys[2], &c1);
+        pads.iter().for_each(|k| holds(k, &p2));
+        assert_eq!(
+            hidden(&dir_a),
+            before,
+            "the refused staged folder is removed"
+        );
+        let dir_b = s.dir_of(&keys[1]);
+        assert_eq!(
+            hidden(&dir_b).len(),
+            2,
+            "the refused one's staged folder is removed"
         );
     }
 
@@ -898,7 +728,7 @@ mod tests {
         let s = FolderStore::open(t.path()).unwrap();
         let mut d = SecretData::new();
         d.insert("ca-cert.pem".into(), b"cert".to_vec());
-        s.write("c", "istio-system", "cacerts", &d).unwrap();
+        s.write(&key("c"), &d, &current(&s, "c")).unwrap();
         let dir = s.secret_dir("c", "istio-system", "cacerts");
         let data = fs::read_link(dir.join("..data")).unwrap();
         // One in the secret's folder, one in its data folder, and a folder made by hand.
@@ -916,25 +746,9 @@ mod tests {
                 .unwrap();
             assert!(made.success(), "{}", fifo.display());
         }
-        assert_eq!(s.read("c", "istio-system", "cacerts").unwrap(), Some(d));
+        assert_eq!(s.read(&key("c")).unwrap(), Some(d));
         let mut by_hand = SecretData::new();
         by_hand.insert("ca-cert.pem".into(), b"by hand".to_vec());
-        assert_eq!(
-            s.read("h", "istio-system", "cacerts").unwrap(),
-            Some(by_hand)
-        );
-    }
-
-    #[test]
-    fn parallel_runs_keep_order_and_stop_at_the_first_failure_in_order() {
-        let all = try_in_parallel(1000, 4, |i| Ok::<_, usize>(i * 2)).unwrap();
-        assert_eq!(all, (0..1000).map(|i| i * 2).collect::<Vec<_>>());
-        for workers in [1, 2, 8] {
-            let err = try_in_parallel(1000, workers, |i| {
-                if i == 700 || i == 300 { Err(i) } else { Ok(i) }
-            });
-            assert_eq!(err, Err(300), "{workers} workers");
-        }
-        assert!(try_in_parallel(0, 4, Ok::<_, ()>).unwrap().is_empty());
+        assert_eq!(s.read(&key("h")).unwrap(), Some(by_hand));
     }
 }

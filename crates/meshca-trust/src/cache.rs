@@ -17,7 +17,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use meshca_pki::{CacertsBundle, PkiError};
 use time::OffsetDateTime;
 
-use crate::store::SecretData;
+use meshca_store::SecretData;
 
 /// A secret's digest: see [`digest`].
 pub(crate) type Digest = [u8; 32];

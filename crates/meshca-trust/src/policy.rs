@@ -123,6 +123,13 @@ pub struct SecretRef {
     pub namespace: String,
 }
 
+impl SecretRef {
+    /// The secret this names in `cluster`.
+    pub fn key(&self, cluster: &str) -> meshca_store::SecretKey {
+        meshca_store::SecretKey::new(cluster, self.namespace.as_str(), self.name.as_str())
+    }
+}
+
 /// Where the policy's CA comes from.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum RootSource {

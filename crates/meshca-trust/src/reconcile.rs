@@ -21,13 +21,19 @@ use crate::cache::{self, BundleCache};
 use crate::policy::{RootSource, SecretRef, TrustPolicy};
 use crate::rotation::{self, RotationPhase, RotationState, Step};
 use crate::signer::{Signer, connect_external};
-use crate::store::{SecretData, SecretStore, SecretWrite, in_parallel, try_in_parallel};
 use crate::verified::{Against, Facts, Records};
+use meshca_store::parallel::{in_parallel, try_in_parallel};
+use meshca_store::{Expect, Secret, SecretData, SecretKey, SecretStore, SecretWrite};
 
 /// Istio's namespace and secret name.
 pub const ISTIO_NAMESPACE: &str = "istio-system";
 /// The secret istiod reads.
 pub const CACERTS: &str = "cacerts";
+
+/// Where a cluster's `cacerts` is.
+pub fn cacerts_key(cluster: &str) -> SecretKey {
+    SecretKey::new(cluster, ISTIO_NAMESPACE, CACERTS)
+}
 
 /// Why a reconcile stopped before writing anything.
 #[derive(Debug, thiserror::Error)]
@@ -62,6 +68,16 @@ pub enum Outcome {
     RootsUpdated,
     /// Fresh and correct: nothing written.
     Fresh,
+    /// The cluster's store failed (unreachable, refused, a secret that is not meshca's): nothing
+    /// was written to it; the message says why. The other clusters went on.
+    Failed(String),
+}
+
+impl Outcome {
+    /// Whether this cluster is as the policy wants it after the reconcile.
+    pub fn is_ok(&self) -> bool {
+        !matches!(self, Outcome::Failed(_))
+    }
 }
 
 /// What one reconcile did.
@@ -260,8 +276,8 @@ fn load_current(
     let Some(r) = root_secret(policy) else {
         return Err(TrustError::Ca("the policy names no CA".to_owned()));
     };
-    let where_ = store.describe(mgmt, &r.namespace, &r.name);
-    let data = match (store.read(mgmt, &r.namespace, &r.name)?, &policy.root) {
+    let where_ = store.describe(&r.key(mgmt));
+    let data = match (store.read(&r.key(mgmt))?, &policy.root) {
         (Some(d), _) => d,
         (None, RootSource::SecretRef(_)) => {
             return Err(TrustError::Ca(format!(
@@ -271,7 +287,7 @@ fn load_current(
         }
         (None, RootSource::Generated { ttl_days }) => {
             let d = generate_root(policy, *ttl_days, &where_, now)?;
-            store.write(mgmt, &r.namespace, &r.name, &d)?;
+            store.write(&r.key(mgmt), &d, &Expect::Absent)?;
             d
         }
         (None, RootSource::External(_)) => {
@@ -290,8 +306,8 @@ fn load_secret_ca(
     what: &str,
     now: OffsetDateTime,
 ) -> Result<PolicyCa, TrustError> {
-    let where_ = store.describe(mgmt, &r.namespace, &r.name);
-    let Some(data) = store.read(mgmt, &r.namespace, &r.name)? else {
+    let where_ = store.describe(&r.key(mgmt));
+    let Some(data) = store.read(&r.key(mgmt))? else {
         return Err(TrustError::Ca(format!(
             "{what}: secret {mgmt}/{}/{} not found in the store",
             r.namespace, r.name
@@ -307,7 +323,7 @@ fn passive_roots(
 ) -> Result<Vec<Certificate>, TrustError> {
     let mut roots = Vec::new();
     for p in &policy.passive {
-        let Some(d) = store.read(mgmt, &p.namespace, &p.name)? else {
+        let Some(d) = store.read(&p.key(mgmt))? else {
             return Err(TrustError::Ca(format!(
                 "passiveCertificateAuthorities: secret {mgmt}/{}/{} not found",
                 p.namespace, p.name
@@ -667,15 +683,12 @@ fn reconcile_pass(
             |i| {
                 let c = &all[i];
                 store
-                    .read(c, ISTIO_NAMESPACE, CACERTS)
+                    .read(&cacerts_key(c))
                     .map(|data| matches_target(data.as_ref(), &t, c, now, known))
             },
         );
-        let settled = match gate.into_iter().find(|r| !matches!(r, Ok(true))) {
-            None => true,
-            Some(Ok(_)) => false,
-            Some(Err(e)) => return Err(e.into()),
-        };
+        // A cluster that cannot be read does not show the phase: the rotation waits for it.
+        let settled = gate.iter().all(|r| matches!(r, Ok(true)));
         match rotation::step(&s, settled, policy, now)? {
             Step::Wait(at) => {
                 report.rotation_due = at;
@@ -713,11 +726,10 @@ fn reconcile_pass(
             Step::Finish => {
                 let Some(n) = next else { break };
                 let Some(r) = root_secret(policy) else { break };
-                let data = store
-                    .read(mgmt, &s.next_secret.namespace, &s.next_secret.name)?
-                    .unwrap_or_default();
-                if store.read(mgmt, &r.namespace, &r.name)?.as_ref() != Some(&data) {
-                    store.write(mgmt, &r.namespace, &r.name, &data)?;
+                let data = store.read(&s.next_secret.key(mgmt))?.unwrap_or_default();
+                let root = store.get(&r.key(mgmt))?;
+                if root.as_ref().map(|s| &s.data) != Some(&data) {
+                    store.write(&r.key(mgmt), &data, &Expect::from_read(root.as_ref()))?;
                 }
                 rotation::save(store, policy, mgmt, None, Some(&rotation::stamp(now)))?;
                 report.rotation.push(format!(
@@ -757,13 +769,20 @@ fn check_lifetime(policy: &TrustPolicy, ca: &Certificate) -> Result<(), TrustErr
     Ok(())
 }
 
+/// How many times a pass reads again and re-plans a cluster whose `cacerts` another writer
+/// changed between the read and the write.
+const CONFLICT_RETRIES: usize = 3;
+
 /// One pass over the clusters against one target: plan (reading every cluster first, so that
-/// refusals come before any write), make and prove the new bundles, then write them. Returns the
-/// renewal times of every cluster left fresh or newly written. The clusters are those of
-/// `outcomes`, in its order.
+/// refusals come before any write), make and prove the new bundles, then write them, each under
+/// the version it was read at. Returns the renewal times of every cluster left fresh or newly
+/// written. The clusters are those of `outcomes`, in its order.
 ///
-/// Reading and classifying, and making and proving, run on every core: each cluster's work is
-/// independent, and the first failure in cluster order is the one returned, as in a plain loop.
+/// A cluster whose store fails (an API server down, a secret that is not meshca's) is marked
+/// [`Outcome::Failed`] and the others go on; a cluster whose `cacerts` changed since it was read
+/// is read again and re-planned. Reading and classifying, and making and proving, run on every
+/// core: each cluster's work is independent, and the first failure in cluster order of making a
+/// bundle (a CA problem, common to all) is the one returned, as in a plain loop.
 fn pass(
     known: Known<'_>,
     store: &dyn SecretStore,
@@ -773,80 +792,111 @@ fn pass(
     outcomes: &mut [(String, Outcome)],
     now: OffsetDateTime,
 ) -> Result<Vec<OffsetDateTime>, TrustError> {
-    let in_scope: Vec<String> = outcomes.iter().map(|(c, _)| c.clone()).collect();
     let workers = cpu_workers();
-    let classified = try_in_parallel(in_scope.len(), workers, |i| {
-        let cluster = &in_scope[i];
-        let current = store.read(cluster, ISTIO_NAMESPACE, CACERTS)?;
-        let forced = force.iter().any(|f| f == cluster || f == "*");
-        let need = match classify(current.as_ref(), t, policy, cluster, now, known) {
-            Need::Fresh(_) | Need::Roots if forced => {
-                Need::Reissue("rotation requested".to_owned())
-            }
-            n => n,
-        };
-        Ok::<_, TrustError>((current, need))
-    })?;
     let mut renewals = Vec::new();
-    let mut plan: Vec<(usize, Option<SecretData>, Change)> = Vec::new();
-    for (i, (current, need)) in classified.into_iter().enumerate() {
-        match need {
-            Need::Fresh(due) => renewals.push(due),
-            Need::Roots => plan.push((i, current, Change::Roots)),
-            Need::Reissue(reason) => plan.push((i, current, Change::Reissue(reason))),
-        }
-    }
-    // Each new bundle's key is made by the thread that issues it, so that slow keys (RSA's
-    // prime search varies a lot) spread over the cores as they come.
-    let made = try_in_parallel(plan.len(), workers, |j| {
-        let (i, current, change) = &plan[j];
-        let cluster = &in_scope[*i];
-        let (data, outcome) = match change {
-            Change::Roots => {
-                let mut data = current.clone().unwrap_or_default();
-                data.insert(ROOT_CERT.into(), to_pem_bundle(&t.roots).into_bytes());
-                (data, Outcome::RootsUpdated)
-            }
-            Change::Reissue(reason) => {
-                let key = PrivateKey::generate(policy.key_type)?;
-                let outcome = if current.is_none() {
-                    Outcome::Created
-                } else {
-                    Outcome::Rotated(reason.clone())
-                };
-                (issue(t, policy, cluster, key, now)?, outcome)
-            }
-        };
-        let bundle = prove(&data, cluster, now)?;
-        let c = bundle.signer().cert();
-        let due = renew_at(c.not_before(), c.not_after(), policy.grace_ratio);
-        let digest = cache::digest(&data, &format!("{cluster}/{ISTIO_NAMESPACE}/{CACERTS}"));
-        if signed_by(&bundle, t.ca.signer.cert()) && bundle.roots() == t.roots.as_slice() {
-            known
-                .records
-                .note(cluster, &digest, &Facts::of(&bundle), t.against);
-        }
-        known.cache.keep(digest, bundle);
-        Ok::<_, TrustError>((data, outcome, due))
-    })?;
-    renewals.extend(made.iter().map(|(_, _, due)| *due));
-    let writes: Vec<SecretWrite<'_>> = plan
-        .iter()
-        .zip(&made)
-        .map(|((i, _, _), (data, _, _))| SecretWrite {
-            cluster: &in_scope[*i],
-            namespace: ISTIO_NAMESPACE,
-            name: CACERTS,
-            data,
-        })
+    let mut todo: Vec<usize> = (0..outcomes.len())
+        .filter(|i| !matches!(outcomes[*i].1, Outcome::Failed(_)))
         .collect();
-    store.write_all(&writes)?;
-    for ((i, _, _), (_, outcome, _)) in plan.iter().zip(made) {
-        outcomes[*i].1 = match (&outcomes[*i].1, outcome) {
-            // A later pass of the same reconcile keeps the first, more telling, outcome.
-            (Outcome::Created, _) => Outcome::Created,
-            (_, o) => o,
-        };
+    for attempt in 0..=CONFLICT_RETRIES {
+        let names: Vec<String> = todo.iter().map(|i| outcomes[*i].0.clone()).collect();
+        let classified = in_parallel(
+            names.len(),
+            workers,
+            |_| false,
+            |j| {
+                let cluster = &names[j];
+                let current = store.get(&cacerts_key(cluster))?;
+                let forced = force.iter().any(|f| f == cluster || f == "*");
+                let data = current.as_ref().map(|s| &s.data);
+                let need = match classify(data, t, policy, cluster, now, known) {
+                    Need::Fresh(_) | Need::Roots if forced => {
+                        Need::Reissue("rotation requested".to_owned())
+                    }
+                    n => n,
+                };
+                Ok::<_, StoreError>((current, need))
+            },
+        );
+        let mut plan: Vec<(usize, Option<Secret>, Change)> = Vec::new();
+        for (j, c) in classified.into_iter().enumerate() {
+            let i = todo[j];
+            match c {
+                Err(e) => outcomes[i].1 = Outcome::Failed(e.to_string()),
+                Ok((_, Need::Fresh(due))) => renewals.push(due),
+                Ok((current, Need::Roots)) => plan.push((i, current, Change::Roots)),
+                Ok((current, Need::Reissue(why))) => {
+                    plan.push((i, current, Change::Reissue(why)));
+                }
+            }
+        }
+        // Each new bundle's key is made by the thread that issues it, so that slow keys (RSA's
+        // prime search varies a lot) spread over the cores as they come.
+        let made = try_in_parallel(plan.len(), workers, |j| {
+            let (i, current, change) = &plan[j];
+            let cluster = &outcomes[*i].0;
+            let (data, outcome) = match change {
+                Change::Roots => {
+                    let mut data = current.as_ref().map(|s| s.data.clone()).unwrap_or_default();
+                    data.insert(ROOT_CERT.into(), to_pem_bundle(&t.roots).into_bytes());
+                    (data, Outcome::RootsUpdated)
+                }
+                Change::Reissue(reason) => {
+                    let key = PrivateKey::generate(policy.key_type)?;
+                    let outcome = if current.is_none() {
+                        Outcome::Created
+                    } else {
+                        Outcome::Rotated(reason.clone())
+                    };
+                    (issue(t, policy, cluster, key, now)?, outcome)
+                }
+            };
+            let bundle = prove(&data, cluster, now)?;
+            let c = bundle.signer().cert();
+            let due = renew_at(c.not_before(), c.not_after(), policy.grace_ratio);
+            let digest = cache::digest(&data, &format!("{cluster}/{ISTIO_NAMESPACE}/{CACERTS}"));
+            if signed_by(&bundle, t.ca.signer.cert()) && bundle.roots() == t.roots.as_slice() {
+                known
+                    .records
+                    .note(cluster, &digest, &Facts::of(&bundle), t.against);
+            }
+            known.cache.keep(digest, bundle);
+            Ok::<_, TrustError>((data, outcome, due))
+        })?;
+        let keys: Vec<SecretKey> = plan
+            .iter()
+            .map(|(i, _, _)| cacerts_key(&outcomes[*i].0))
+            .collect();
+        let expects: Vec<Expect> = plan
+            .iter()
+            .map(|(_, current, _)| Expect::from_read(current.as_ref()))
+            .collect();
+        let writes: Vec<SecretWrite<'_>> = keys
+            .iter()
+            .zip(&expects)
+            .zip(&made)
+            .map(|((key, expect), (data, _, _))| SecretWrite { key, data, expect })
+            .collect();
+        let written = store.write_all(&writes);
+        let mut conflicted = Vec::new();
+        for (((i, _, _), (_, outcome, due)), result) in plan.iter().zip(made).zip(written) {
+            match result {
+                Ok(_) => {
+                    renewals.push(due);
+                    outcomes[*i].1 = match (&outcomes[*i].1, outcome) {
+                        // A later pass of the same reconcile keeps the first, more telling,
+                        // outcome.
+                        (Outcome::Created, _) => Outcome::Created,
+                        (_, o) => o,
+                    };
+                }
+                Err(e) if e.is_conflict() && attempt < CONFLICT_RETRIES => conflicted.push(*i),
+                Err(e) => outcomes[*i].1 = Outcome::Failed(e.to_string()),
+            }
+        }
+        if conflicted.is_empty() {
+            break;
+        }
+        todo = conflicted;
     }
     Ok(renewals)
 }
@@ -957,17 +1007,18 @@ fn start_rotation_with(
         (_, Some(r)) => r.clone(),
         (RootSource::Generated { ttl_days }, None) => {
             let r = generated_next_secret(policy);
-            let where_ = store.describe(mgmt, &r.namespace, &r.name);
+            let where_ = store.describe(&r.key(mgmt));
             // A successor made by an earlier, interrupted start is taken up again.
-            let reusable = match store.read(mgmt, &r.namespace, &r.name)? {
-                Some(d) => ca_from_data(&d, &where_, now)
+            let found = store.get(&r.key(mgmt))?;
+            let reusable = match &found {
+                Some(s) => ca_from_data(&s.data, &where_, now)
                     .map(|ca| ca.root() != current.root())
                     .unwrap_or(false),
                 None => false,
             };
             if !reusable {
                 let d = generate_root(policy, *ttl_days, &where_, now)?;
-                store.write(mgmt, &r.namespace, &r.name, &d)?;
+                store.write(&r.key(mgmt), &d, &Expect::from_read(found.as_ref()))?;
             }
             r
         }
@@ -1014,8 +1065,8 @@ pub fn status(
 ) -> Result<Status, TrustError> {
     let state = rotation::load(store, policy, mgmt)?;
     let current = match root_secret(policy) {
-        Some(r) => match store.read(mgmt, &r.namespace, &r.name)? {
-            Some(d) => ca_from_data(&d, &store.describe(mgmt, &r.namespace, &r.name), now).ok(),
+        Some(r) => match store.read(&r.key(mgmt))? {
+            Some(d) => ca_from_data(&d, &store.describe(&r.key(mgmt)), now).ok(),
             None => None,
         },
         None => load_current(store, policy, mgmt, now).ok(),
@@ -1044,7 +1095,7 @@ pub fn status(
             rotation: None,
             problems: Vec::new(),
         };
-        let data = store.read(&cluster, ISTIO_NAMESPACE, CACERTS)?;
+        let data = store.read(&cacerts_key(&cluster))?;
         if let (Some(s), Some(t)) = (&state, &t) {
             let done = matches_target(data.as_ref(), t, &cluster, now, known);
             st.rotation = Some(format!(
@@ -1127,7 +1178,7 @@ pub fn plan_root_rotation(
         .iter()
         .map(|(a, b)| (a.as_str(), b.as_str()))
         .collect();
-    let copy = crate::store::MemoryStore::copy_of(store, &pairs)?;
+    let copy = meshca_store::MemoryStore::copy_of(store, &pairs)?;
     let mut steps = Vec::new();
     let state = start_root_rotation(&copy, policy, mgmt, next, now)?;
     let mut at = now;
@@ -1181,13 +1232,13 @@ pub fn store_fingerprint(
         out.push('=');
         if c == mgmt {
             for (ns, name) in secrets_of(policy, None) {
-                if let Some(v) = store.version(c, &ns, &name)? {
-                    out.push_str(&v);
+                if let Some(v) = store.version(&SecretKey::new(c.as_str(), ns, name))? {
+                    out.push_str(v.as_str());
                 }
                 out.push(',');
             }
-        } else if let Some(v) = store.version(c, ISTIO_NAMESPACE, CACERTS)? {
-            out.push_str(&v);
+        } else if let Some(v) = store.version(&cacerts_key(c))? {
+            out.push_str(v.as_str());
         }
         out.push(';');
     }

@@ -21,7 +21,7 @@ use time::format_description::well_known::Rfc3339;
 
 use crate::policy::{SecretRef, TrustPolicy};
 use crate::reconcile::TrustError;
-use crate::store::{SecretData, SecretStore};
+use meshca_store::{Expect, SecretData, SecretKey, SecretStore};
 
 /// The key of the state secret that holds the state.
 pub const STATE_KEY: &str = "state.json";
@@ -94,20 +94,25 @@ pub fn state_secret(policy: &TrustPolicy) -> String {
     format!("{}.root-rotation", policy.name)
 }
 
+/// Where the rotation state lives.
+fn state_key(policy: &TrustPolicy, mgmt: &str) -> SecretKey {
+    SecretKey::new(mgmt, policy.namespace.as_str(), state_secret(policy))
+}
+
 /// Reads the persisted rotation, if one is in progress.
 pub fn load(
     store: &dyn SecretStore,
     policy: &TrustPolicy,
     mgmt: &str,
 ) -> Result<Option<RotationState>, TrustError> {
-    let name = state_secret(policy);
-    let Some(data) = store.read(mgmt, &policy.namespace, &name)? else {
+    let key = state_key(policy, mgmt);
+    let Some(data) = store.read(&key)? else {
         return Ok(None);
     };
     let Some(bytes) = data.get(STATE_KEY) else {
         return Ok(None);
     };
-    let where_ = store.describe(mgmt, &policy.namespace, &name);
+    let where_ = store.describe(&key);
     let state: PersistedState = serde_json::from_slice(bytes)
         .map_err(|e| TrustError::Ca(format!("{where_}/{STATE_KEY}: not a rotation state: {e}")))?;
     Ok(state.rotation)
@@ -121,10 +126,11 @@ pub fn save(
     state: Option<&RotationState>,
     finished: Option<&str>,
 ) -> Result<(), TrustError> {
-    let name = state_secret(policy);
-    let previous_finish = store
-        .read(mgmt, &policy.namespace, &name)?
-        .and_then(|d| d.get(STATE_KEY).cloned())
+    let key = state_key(policy, mgmt);
+    let previous = store.get(&key)?;
+    let expect = Expect::from_read(previous.as_ref());
+    let previous_finish = previous
+        .and_then(|d| d.data.get(STATE_KEY).cloned())
         .and_then(|b| serde_json::from_slice::<PersistedState>(&b).ok())
         .and_then(|s| s.last_finished);
     let persisted = PersistedState {
@@ -135,7 +141,7 @@ pub fn save(
         .map_err(|e| TrustError::Ca(format!("encoding the rotation state: {e}")))?;
     let mut data = SecretData::new();
     data.insert(STATE_KEY.to_owned(), json);
-    store.write(mgmt, &policy.namespace, &name, &data)?;
+    store.write(&key, &data, &expect)?;
     Ok(())
 }
 
@@ -153,9 +159,8 @@ pub fn last_finished(
     policy: &TrustPolicy,
     mgmt: &str,
 ) -> Result<Option<String>, TrustError> {
-    let name = state_secret(policy);
     Ok(store
-        .read(mgmt, &policy.namespace, &name)?
+        .read(&state_key(policy, mgmt))?
         .and_then(|d| d.get(STATE_KEY).cloned())
         .and_then(|b| serde_json::from_slice::<PersistedState>(&b).ok())
         .and_then(|s| s.last_finished))

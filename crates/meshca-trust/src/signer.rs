@@ -9,7 +9,7 @@ use time::OffsetDateTime;
 use crate::cfssl::{CfsslConfig, CfsslSigner, intermediate_csr_pem};
 use crate::policy::ExternalSigner;
 use crate::reconcile::TrustError;
-use crate::store::SecretStore;
+use meshca_store::SecretStore;
 
 /// The key holder behind the policy's CA.
 pub(crate) enum Signer {
@@ -66,8 +66,8 @@ pub(crate) fn connect_external(
     let auth_key_hex = match &ext.auth_key {
         None => None,
         Some(r) => {
-            let where_ = store.describe(mgmt, &r.namespace, &r.name);
-            let data = store.read(mgmt, &r.namespace, &r.name)?.ok_or_else(|| {
+            let where_ = store.describe(&r.key(mgmt));
+            let data = store.read(&r.key(mgmt))?.ok_or_else(|| {
                 TrustError::Ca(format!(
                     "externalSigner.cfssl.authKeySecretRef: secret {mgmt}/{}/{} not found in the store",
                     r.namespace, r.name
@@ -102,8 +102,8 @@ pub(crate) fn connect_external(
             (Vec::new(), vec![cert.clone()])
         }
         Some(r) => {
-            let where_ = store.describe(mgmt, &r.namespace, &r.name);
-            let data = store.read(mgmt, &r.namespace, &r.name)?.ok_or_else(|| {
+            let where_ = store.describe(&r.key(mgmt));
+            let data = store.read(&r.key(mgmt))?.ok_or_else(|| {
                 TrustError::Ca(format!(
                     "externalSigner.cfssl.rootsSecretRef: secret {mgmt}/{}/{} not found in the store",
                     r.namespace, r.name

@@ -16,8 +16,8 @@ use time::{Duration, OffsetDateTime};
 
 use crate::cache::BundleCache;
 use crate::policy::{RootSource, SecretRef, TrustPolicy};
-use crate::reconcile::{self, CACERTS, ISTIO_NAMESPACE, Outcome, TrustError};
-use crate::store::{MemoryStore, SecretData, SecretStore};
+use crate::reconcile::{self, Outcome, TrustError, cacerts_key};
+use meshca_store::{CrashingStore, MemoryStore, SecretData, SecretStore};
 
 /// What to simulate.
 #[derive(Clone, Debug)]
@@ -130,7 +130,7 @@ struct Workload {
 pub struct Simulation {
     policy: TrustPolicy,
     cfg: SimConfig,
-    store: MemoryStore,
+    store: CrashingStore<MemoryStore>,
     clusters: Vec<String>,
     workloads: Vec<Workload>,
     bundles: Vec<Option<(SecretData, CacertsBundle)>>,
@@ -166,10 +166,10 @@ impl Simulation {
         let clusters: Vec<String> = (1..=cfg.clusters).map(|i| format!("cluster{i}")).collect();
         let mut all = clusters.clone();
         all.push(MGMT.to_owned());
-        let store = MemoryStore::with_clusters(&all);
+        let store = CrashingStore::new(MemoryStore::with_clusters(&all));
         if let RootSource::SecretRef(r) = &policy.root {
             let d = reconcile::generate_root(&policy, 3650, "simulated operator root", start)?;
-            store.write(MGMT, &r.namespace, &r.name, &d)?;
+            store.inner().put(&r.key(MGMT), d);
         }
         store.crash_at_writes(cfg.crash_at_writes.iter().copied());
         // Workloads start spread over half a certificate lifetime, so that they renew at
@@ -225,7 +225,7 @@ impl Simulation {
     }
 
     /// The store, for tests that look inside or tamper with it.
-    pub fn store(&self) -> &MemoryStore {
+    pub fn store(&self) -> &CrashingStore<MemoryStore> {
         &self.store
     }
 
@@ -245,8 +245,16 @@ impl Simulation {
         let before = self.store.writes();
         let phase = self.phase();
         let finished = self.last_finished();
+        self.store.revive();
         let result =
             reconcile::reconcile_with(&self.cache, &self.store, &self.policy, MGMT, &[], &[], at);
+        let result = match result {
+            // Killed in the middle: whatever the reconcile went on to report, the process died.
+            Ok(_) if self.store.is_dead() => Err(TrustError::Ca(
+                "the manager was killed in the middle of a reconcile".to_owned(),
+            )),
+            r => r,
+        };
         if result.is_err() {
             // A manager that fails (or is killed) comes back as a new process, with nothing kept.
             self.cache = BundleCache::new();
@@ -274,7 +282,7 @@ impl Simulation {
                             self.report.intermediates_issued += 1
                         }
                         Outcome::RootsUpdated => self.report.root_bundle_updates += 1,
-                        Outcome::Fresh => {}
+                        Outcome::Fresh | Outcome::Failed(_) => {}
                     }
                 }
                 for e in r.rotation {
@@ -305,11 +313,12 @@ impl Simulation {
                 };
                 let d =
                     reconcile::generate_root(&self.policy, 3650, "simulated operator root", at)?;
-                self.store.write(MGMT, &n.namespace, &n.name, &d)?;
+                self.store.inner().put(&n.key(MGMT), d);
                 Some(n)
             }
         };
         let before = self.store.writes();
+        self.store.revive();
         let started =
             reconcile::start_root_rotation(&self.store, &self.policy, MGMT, next.as_ref(), at);
         for number in before..self.store.writes() {
@@ -335,7 +344,7 @@ impl Simulation {
             ));
         };
         let root = reconcile::generate_root(&self.policy, 3650, "swapped root", at)?;
-        self.store.write(MGMT, &r.namespace, &r.name, &root)?;
+        self.store.inner().put(&r.key(MGMT), root);
         Ok(())
     }
 
@@ -343,7 +352,7 @@ impl Simulation {
     fn refresh_bundle(&mut self, ci: usize, at: OffsetDateTime) {
         let Some(data) = self
             .store
-            .read(&self.clusters[ci], ISTIO_NAMESPACE, CACERTS)
+            .read(&cacerts_key(&self.clusters[ci]))
             .ok()
             .flatten()
         else {

@@ -32,7 +32,7 @@ use time::OffsetDateTime;
 use crate::cache::Digest;
 use crate::policy::TrustPolicy;
 use crate::reconcile::TrustError;
-use crate::store::{SecretData, SecretStore};
+use meshca_store::{Expect, SecretData, SecretKey, SecretStore};
 
 /// The key of the records in their secret.
 pub const RECORDS_KEY: &str = "bundles";
@@ -40,6 +40,10 @@ pub const RECORDS_KEY: &str = "bundles";
 /// The records secret's name.
 pub fn records_secret(policy: &TrustPolicy) -> String {
     format!("{}.verified", policy.name)
+}
+
+fn records_key(policy: &TrustPolicy, mgmt: &str) -> SecretKey {
+    SecretKey::new(mgmt, policy.namespace.as_str(), records_secret(policy))
 }
 
 /// The times a reconcile's decisions about a bundle depend on.
@@ -124,6 +128,8 @@ pub(crate) struct Records {
     key: Option<hmac::Key>,
     found: BTreeMap<String, Line>,
     raw: Option<Vec<u8>>,
+    /// The records secret as read: a save expects to find it still so.
+    expect: Expect,
     noted: Mutex<BTreeMap<String, Line>>,
 }
 
@@ -134,6 +140,7 @@ impl Records {
             key: None,
             found: BTreeMap::new(),
             raw: None,
+            expect: Expect::Absent,
             noted: Mutex::new(BTreeMap::new()),
         }
     }
@@ -151,9 +158,9 @@ impl Records {
         };
         let derive = hmac::Key::new(hmac::HMAC_SHA256, b"meshca trust: verified bundles v1");
         let key = hmac::Key::new(hmac::HMAC_SHA256, hmac::sign(&derive, ca_key).as_ref());
-        let raw = store
-            .read(mgmt, &policy.namespace, &records_secret(policy))?
-            .and_then(|mut d| d.remove(RECORDS_KEY));
+        let read = store.get(&records_key(policy, mgmt))?;
+        let expect = Expect::from_read(read.as_ref());
+        let raw = read.and_then(|mut d| d.data.remove(RECORDS_KEY));
         let found = raw
             .as_deref()
             .map(|r| parse(&String::from_utf8_lossy(r)))
@@ -162,6 +169,7 @@ impl Records {
             key: Some(key),
             found,
             raw,
+            expect,
             noted: Mutex::new(BTreeMap::new()),
         })
     }
@@ -252,8 +260,12 @@ impl Records {
         }
         let mut data = SecretData::new();
         data.insert(RECORDS_KEY.to_owned(), text.into_bytes());
-        store.write(mgmt, &policy.namespace, &records_secret(policy), &data)?;
-        Ok(())
+        match store.write(&records_key(policy, mgmt), &data, &self.expect) {
+            // Another manager wrote records since these were read: theirs stand, and what this
+            // reconcile verified is verified again next time. Records only spare work.
+            Err(e) if e.is_conflict() => Ok(()),
+            r => r.map(|_| ()).map_err(Into::into),
+        }
     }
 }
 

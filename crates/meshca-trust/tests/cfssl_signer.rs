@@ -5,6 +5,7 @@
 //! a non-CA answer, nothing listening, a peer that hangs up or says nothing) must each give a
 //! one-line error naming the signer, and none may hang.
 
+use meshca_store::SecretKey;
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
@@ -655,7 +656,7 @@ fn trust_reconciles_clusters_through_the_external_signer() {
     let mut auth = std::collections::BTreeMap::new();
     auth.insert("auth-key".to_owned(), AUTH_KEY.as_bytes().to_vec());
     store
-        .write("mgmt", "gloo-mesh", "cfssl-auth", &auth)
+        .replace(&SecretKey::new("mgmt", "gloo-mesh", "cfssl-auth"), &auth)
         .unwrap();
     let policy_doc = format!(
         "apiVersion: trust.meshca/v1alpha1
@@ -731,7 +732,7 @@ spec:
         AUTH_KEY.replace('8', "9").into_bytes(),
     );
     store
-        .write("mgmt", "gloo-mesh", "cfssl-auth", &auth)
+        .replace(&SecretKey::new("mgmt", "gloo-mesh", "cfssl-auth"), &auth)
         .unwrap();
     let before =
         std::fs::read(t.path().join("store/east/istio-system/cacerts/ca-cert.pem")).unwrap();

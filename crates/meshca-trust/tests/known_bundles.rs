@@ -7,7 +7,8 @@
 
 #![allow(clippy::unwrap_used)] // test helpers panic on setup failures by design
 
-use meshca_trust::store::SecretData;
+use meshca_store::SecretData;
+use meshca_store::SecretKey;
 use meshca_trust::{
     BundleCache, MemoryStore, Outcome, SecretStore, TrustPolicy, reconcile, reconcile_with,
 };
@@ -40,7 +41,7 @@ fn world(now: OffsetDateTime) -> (MemoryStore, TrustPolicy) {
 
 fn cacerts(store: &MemoryStore, cluster: &str) -> SecretData {
     store
-        .read(cluster, "istio-system", "cacerts")
+        .read(&SecretKey::new(cluster, "istio-system", "cacerts"))
         .unwrap()
         .unwrap()
 }
@@ -56,7 +57,7 @@ fn outcome(report: &meshca_trust::Report, cluster: &str) -> Outcome {
 
 fn records(store: &MemoryStore) -> Option<String> {
     store
-        .read("mgmt", "gloo-mesh", "mesh.verified")
+        .read(&SecretKey::new("mgmt", "gloo-mesh", "mesh.verified"))
         .unwrap()
         .and_then(|d| d.get("bundles").cloned())
         .map(|b| String::from_utf8(b).unwrap())
@@ -68,7 +69,7 @@ fn set_records(store: &MemoryStore, text: Option<&str>) {
         d.insert("bundles".into(), t.as_bytes().to_vec());
     }
     store
-        .write("mgmt", "gloo-mesh", "mesh.verified", &d)
+        .replace(&SecretKey::new("mgmt", "gloo-mesh", "mesh.verified"), &d)
         .unwrap();
 }
 
@@ -77,14 +78,19 @@ fn set_records(store: &MemoryStore, text: Option<&str>) {
 fn tamper(store: &MemoryStore, now: OffsetDateTime) {
     let (other, _) = world(now);
     store
-        .write("c1", "istio-system", "cacerts", &cacerts(&other, "c1"))
+        .replace(
+            &SecretKey::new("c1", "istio-system", "cacerts"),
+            &cacerts(&other, "c1"),
+        )
         .unwrap();
     let mut c2 = cacerts(store, "c2");
     c2.insert(
         "ca-key.pem".into(),
         cacerts(store, "c4")["ca-key.pem"].clone(),
     );
-    store.write("c2", "istio-system", "cacerts", &c2).unwrap();
+    store
+        .replace(&SecretKey::new("c2", "istio-system", "cacerts"), &c2)
+        .unwrap();
     let mut c3 = cacerts(store, "c3");
     let pem = String::from_utf8(c3["ca-cert.pem"].clone()).unwrap();
     let end = pem.find("-----END").unwrap();
@@ -99,7 +105,9 @@ fn tamper(store: &MemoryStore, now: OffsetDateTime) {
     let mut bytes = pem.into_bytes();
     bytes[at] = if bytes[at] == b'A' { b'B' } else { b'A' };
     c3.insert("ca-cert.pem".into(), bytes);
-    store.write("c3", "istio-system", "cacerts", &c3).unwrap();
+    store
+        .replace(&SecretKey::new("c3", "istio-system", "cacerts"), &c3)
+        .unwrap();
 }
 
 fn check_tampered_are_replaced(r: &meshca_trust::Report) {

@@ -4,6 +4,7 @@
 
 #![allow(clippy::unwrap_used)] // test helpers panic on setup failures by design
 
+use meshca_store::SecretKey;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
@@ -86,7 +87,10 @@ fn seed_store(store_dir: &Path, ecdsa: bool) -> FolderStore {
     data.insert("cert-chain.pem".to_owned(), root.clone());
     data.insert("root-cert.pem".to_owned(), root);
     store
-        .write("mgmt", "gloo-mesh", "my-root-trust-policy.gloo-mesh", &data)
+        .replace(
+            &SecretKey::new("mgmt", "gloo-mesh", "my-root-trust-policy.gloo-mesh"),
+            &data,
+        )
         .unwrap();
     for c in ["cluster1", "cluster2"] {
         std::fs::create_dir_all(store_dir.join(c)).unwrap();
@@ -96,7 +100,7 @@ fn seed_store(store_dir: &Path, ecdsa: bool) -> FolderStore {
 
 fn cacerts(store: &FolderStore, cluster: &str, now: OffsetDateTime) -> CacertsBundle {
     let data = store
-        .read(cluster, "istio-system", "cacerts")
+        .read(&SecretKey::new(cluster, "istio-system", "cacerts"))
         .unwrap()
         .unwrap();
     CacertsBundle::from_files(&data, cluster, now).unwrap()
@@ -207,17 +211,28 @@ fn refusals_leave_the_store_exactly_as_it_was() {
     let other = tempfile::tempdir().unwrap();
     let other_store = seed_store(&other.path().join("s"), true);
     let other_key = other_store
-        .read("mgmt", "gloo-mesh", "my-root-trust-policy.gloo-mesh")
+        .read(&SecretKey::new(
+            "mgmt",
+            "gloo-mesh",
+            "my-root-trust-policy.gloo-mesh",
+        ))
         .unwrap()
         .unwrap()["ca-key.pem"]
         .clone();
     let mut data = store
-        .read("mgmt", "gloo-mesh", "my-root-trust-policy.gloo-mesh")
+        .read(&SecretKey::new(
+            "mgmt",
+            "gloo-mesh",
+            "my-root-trust-policy.gloo-mesh",
+        ))
         .unwrap()
         .unwrap();
     data.insert("ca-key.pem".into(), other_key);
     store
-        .write("mgmt", "gloo-mesh", "my-root-trust-policy.gloo-mesh", &data)
+        .replace(
+            &SecretKey::new("mgmt", "gloo-mesh", "my-root-trust-policy.gloo-mesh"),
+            &data,
+        )
         .unwrap();
     let before = snapshot(&store_dir);
     let policy = TrustPolicy::from_yaml(SEED_POLICY, "p").unwrap();
@@ -232,7 +247,10 @@ fn refusals_leave_the_store_exactly_as_it_was() {
         std::fs::read(t.path().join("work/root-key.pem")).unwrap(),
     );
     store
-        .write("mgmt", "gloo-mesh", "my-root-trust-policy.gloo-mesh", &data)
+        .replace(
+            &SecretKey::new("mgmt", "gloo-mesh", "my-root-trust-policy.gloo-mesh"),
+            &data,
+        )
         .unwrap();
     let before = snapshot(&store_dir);
     // A missing secretRef, and an unknown cluster.
@@ -314,7 +332,10 @@ fn an_intermediate_secret_ref_passes_its_chain_on() {
     );
     data.insert("root-cert.pem".to_owned(), root_pem);
     store
-        .write("mgmt", "gloo-mesh", "my-root-trust-policy.gloo-mesh", &data)
+        .replace(
+            &SecretKey::new("mgmt", "gloo-mesh", "my-root-trust-policy.gloo-mesh"),
+            &data,
+        )
         .unwrap();
     std::fs::create_dir_all(t.path().join("store/cluster1")).unwrap();
     let policy = TrustPolicy::from_yaml(
@@ -329,7 +350,7 @@ fn an_intermediate_secret_ref_passes_its_chain_on() {
     let b = cacerts(&store, "cluster1", now);
     let chain = Certificate::all_from_pem(
         &store
-            .read("cluster1", "istio-system", "cacerts")
+            .read(&SecretKey::new("cluster1", "istio-system", "cacerts"))
             .unwrap()
             .unwrap()["cert-chain.pem"],
         "chain",

@@ -31,6 +31,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+use meshca_store::SecretKey;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -287,11 +288,11 @@ fn show(d: Duration) -> String {
 }
 
 /// The policy's root, made by a reconcile of a store without clusters.
-fn make_root(policy: &TrustPolicy) -> meshca_trust::store::SecretData {
+fn make_root(policy: &TrustPolicy) -> meshca_store::SecretData {
     let store = MemoryStore::with_clusters(&[MGMT]);
     reconcile(&store, policy, MGMT, &[], &[], OffsetDateTime::now_utc()).unwrap();
     store
-        .read(MGMT, POLICY_NAMESPACE, ROOT_SECRET)
+        .read(&SecretKey::new(MGMT, POLICY_NAMESPACE, ROOT_SECRET))
         .unwrap()
         .expect("the reconcile made the root")
 }
@@ -304,13 +305,13 @@ fn cluster_names(n: usize) -> Vec<String> {
 fn folder_run(
     base: &Path,
     policy: &TrustPolicy,
-    root: &meshca_trust::store::SecretData,
+    root: &meshca_store::SecretData,
     n: usize,
 ) -> (tempfile::TempDir, [Sample; 5]) {
     let dir = tempfile::tempdir_in(base).unwrap();
     let store = FolderStore::open(dir.path()).unwrap();
     store
-        .write(MGMT, POLICY_NAMESPACE, ROOT_SECRET, root)
+        .replace(&SecretKey::new(MGMT, POLICY_NAMESPACE, ROOT_SECRET), root)
         .unwrap();
     for c in cluster_names(n) {
         std::fs::create_dir(dir.path().join(c)).unwrap();
@@ -320,16 +321,12 @@ fn folder_run(
     (dir, out)
 }
 
-fn memory_run(
-    policy: &TrustPolicy,
-    root: &meshca_trust::store::SecretData,
-    n: usize,
-) -> [Sample; 5] {
+fn memory_run(policy: &TrustPolicy, root: &meshca_store::SecretData, n: usize) -> [Sample; 5] {
     let mut names = cluster_names(n);
     names.push(MGMT.to_owned());
     let store = MemoryStore::with_clusters(&names);
     store
-        .write(MGMT, POLICY_NAMESPACE, ROOT_SECRET, root)
+        .replace(&SecretKey::new(MGMT, POLICY_NAMESPACE, ROOT_SECRET), root)
         .unwrap();
     steps(&store, policy, n).0
 }
@@ -355,7 +352,12 @@ fn steps(store: &dyn SecretStore, policy: &TrustPolicy, n: usize) -> ([Sample; 5
     let names = cluster_names(n);
     let read = timed(|| {
         for c in &names {
-            assert!(store.read(c, "istio-system", "cacerts").unwrap().is_some());
+            assert!(
+                store
+                    .read(&SecretKey::new(c, "istio-system", "cacerts"))
+                    .unwrap()
+                    .is_some()
+            );
         }
     });
     let all = ["*".to_owned()];
@@ -379,7 +381,7 @@ fn expect(report: &meshca_trust::Report, n: usize, ok: impl Fn(&Outcome) -> bool
 /// What the reconciler wrote loads as istiod would load it (outside the timings).
 fn check_one(store: &FolderStore, dir: &Path, at: OffsetDateTime) {
     let data = store
-        .read("cluster0000", "istio-system", "cacerts")
+        .read(&SecretKey::new("cluster0000", "istio-system", "cacerts"))
         .unwrap()
         .expect("cacerts written");
     CacertsBundle::from_files(&data, &dir.display().to_string(), at).unwrap();
