@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration as StdDuration;
 
+use meshca_store::SecretStore;
 use meshca_trust::policy::SecretRef;
 use meshca_trust::reconcile::{PlanStep, plan_root_rotation, store_fingerprint};
 use meshca_trust::simulate::{SimConfig, simulate};
@@ -37,15 +38,109 @@ pub struct Common {
     /// The RootTrustPolicy YAML (Gloo's admin.gloo.solo.io/v2 or meshca's trust.meshca/v1alpha1).
     #[arg(short = 'f', long = "filename")]
     policy: PathBuf,
-    /// The store: <store>/<cluster>/<namespace>/<secret>/<key>.
-    #[arg(long)]
-    store: PathBuf,
-    /// The management cluster's folder name.
+    #[command(flatten)]
+    store: StoreArgs,
+}
+
+/// Where the clusters' secrets are: a folder (the default), or Kubernetes.
+#[derive(clap::Args, Clone)]
+pub struct StoreArgs {
+    /// The store: a folder DIR (<DIR>/<cluster>/<namespace>/<secret>/<key>), or `kube` for the
+    /// clusters' API servers.
+    #[arg(long, required_unless_present = "kubeconfig")]
+    store: Option<String>,
+    /// The management cluster's name (its folder, or its name beside the workload clusters).
     #[arg(long, default_value = "mgmt")]
     mgmt_cluster: String,
-    /// Only these clusters (repeatable).
+    /// `NAME`: only this cluster (repeatable). `NAME=CONTEXT` (Kubernetes store): a workload
+    /// cluster reached through this kubeconfig context.
     #[arg(long = "cluster")]
     clusters: Vec<String>,
+    /// Kubernetes store: the kubeconfig (default $KUBECONFIG or ~/.kube/config). Implies --store kube.
+    #[arg(long)]
+    kubeconfig: Option<PathBuf>,
+    /// Kubernetes store: the management cluster's context (default: the current context).
+    #[arg(long)]
+    mgmt_context: Option<String>,
+    /// Kubernetes store: also take workload clusters from Istio's remote secrets (label
+    /// istio/multiCluster=true) in this namespace of the management cluster.
+    #[arg(long, num_args = 0..=1, default_missing_value = "istio-system")]
+    remote_secrets: Option<String>,
+    /// Kubernetes store: replace a workload cluster's secret that meshca did not make.
+    #[arg(long)]
+    adopt: bool,
+    /// Kubernetes store: create a missing istio-system namespace instead of reporting it.
+    #[arg(long)]
+    create_namespace: bool,
+    /// Kubernetes store: how long one request to an API server may take.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    request_timeout: time::Duration,
+}
+
+impl StoreArgs {
+    /// The clusters named without a context: the reconcile's scope.
+    fn only(&self) -> Vec<String> {
+        self.clusters
+            .iter()
+            .filter(|c| !c.contains('='))
+            .cloned()
+            .collect()
+    }
+
+    fn is_kube(&self) -> bool {
+        self.kubeconfig.is_some() || self.store.as_deref() == Some("kube")
+    }
+
+    fn open(&self, policy: &TrustPolicy) -> anyhow::Result<Store> {
+        if !self.is_kube() {
+            if let Some(c) = self.clusters.iter().find(|c| c.contains('=')) {
+                anyhow::bail!(
+                    "--cluster {c}: NAME=CONTEXT is for the Kubernetes store (--store kube)"
+                );
+            }
+            let dir = self.store.as_deref().unwrap_or_default();
+            return Ok(Store::Folder(FolderStore::open(std::path::Path::new(dir))?));
+        }
+        let mut sources = meshca_kube::ClusterSources {
+            kubeconfig: self.kubeconfig.clone(),
+            mgmt_context: self.mgmt_context.clone(),
+            remote_secrets_namespace: self.remote_secrets.clone(),
+            ..Default::default()
+        };
+        for c in &self.clusters {
+            if let Some((name, context)) = c.split_once('=') {
+                if name.is_empty() || context.is_empty() {
+                    anyhow::bail!("--cluster {c}: expected NAME or NAME=CONTEXT");
+                }
+                sources.clusters.push((name.to_owned(), context.to_owned()));
+            }
+        }
+        let opts = meshca_kube::KubeOptions {
+            mgmt: self.mgmt_cluster.clone(),
+            adopt: self.adopt,
+            create_namespace: self.create_namespace,
+            timeout: to_std(self.request_timeout).max(StdDuration::from_millis(100)),
+            owner: Some(format!("{}/{}", policy.namespace, policy.name)),
+        };
+        Ok(Store::Kube(meshca_kube::KubeStore::connect(
+            &sources, opts,
+        )?))
+    }
+}
+
+/// The store a command works on.
+enum Store {
+    Folder(FolderStore),
+    Kube(meshca_kube::KubeStore),
+}
+
+impl Store {
+    fn as_dyn(&self) -> &dyn SecretStore {
+        match self {
+            Store::Folder(s) => s,
+            Store::Kube(s) => s,
+        }
+    }
 }
 
 #[derive(clap::Args)]
@@ -55,9 +150,10 @@ pub struct RunArgs {
     /// Reconcile at least this often, even when nothing changed and nothing falls due.
     #[arg(long, default_value = "5m", value_parser = parse_duration)]
     resync: time::Duration,
-    /// How often to look at the store and the policy file for changes.
-    #[arg(long, default_value = "2s", value_parser = parse_duration)]
-    poll: time::Duration,
+    /// How often to look at the store and the policy file for changes (default 2s for a folder;
+    /// 200ms for Kubernetes, whose secrets are watched and looked at in memory).
+    #[arg(long, value_parser = parse_duration)]
+    poll: Option<time::Duration>,
 }
 
 #[derive(clap::Args)]
@@ -117,9 +213,9 @@ fn read_policy(path: &std::path::Path) -> anyhow::Result<TrustPolicy> {
     Ok(TrustPolicy::from_yaml(&text, &shown)?)
 }
 
-fn load(c: &Common) -> anyhow::Result<(TrustPolicy, FolderStore)> {
+fn load(c: &Common) -> anyhow::Result<(TrustPolicy, Store)> {
     let policy = read_policy(&c.policy)?;
-    let store = FolderStore::open(&c.store)?;
+    let store = c.store.open(&policy)?;
     Ok((policy, store))
 }
 
@@ -140,10 +236,11 @@ pub fn run(cmd: Command) -> anyhow::Result<ExitCode> {
     match cmd {
         Command::Apply(c) => apply(&c, &[], now, &mut out),
         Command::RotateIntermediates(c) => {
-            let force = if c.clusters.is_empty() {
+            let only = c.store.only();
+            let force = if only.is_empty() {
                 vec!["*".to_owned()]
             } else {
-                c.clusters.clone()
+                only
             };
             apply(&c, &force, now, &mut out)
         }
@@ -167,6 +264,7 @@ fn print_report(out: &mut impl Write, r: &Report) -> std::io::Result<()> {
             Outcome::Rotated(why) => writeln!(out, "{cluster}: intermediate rotated ({why})")?,
             Outcome::RootsUpdated => writeln!(out, "{cluster}: root bundle updated")?,
             Outcome::Fresh => writeln!(out, "{cluster}: fresh, nothing to do")?,
+            Outcome::Failed(why) => writeln!(out, "{cluster}: FAILED: {why}")?,
         }
     }
     for e in &r.rotation {
@@ -185,10 +283,27 @@ fn apply(
     for n in &policy.notes {
         writeln!(out, "note: {n}")?;
     }
-    let report =
-        meshca_trust::reconcile(&store, &policy, &c.mgmt_cluster, &c.clusters, force, now)?;
+    let report = meshca_trust::reconcile(
+        store.as_dyn(),
+        &policy,
+        &c.store.mgmt_cluster,
+        &c.store.only(),
+        force,
+        now,
+    )?;
     print_report(out, &report)?;
-    Ok(ExitCode::SUCCESS)
+    Ok(exit_for(&report))
+}
+
+/// Non-zero when a cluster failed: the others were done all the same.
+fn exit_for(report: &Report) -> ExitCode {
+    let failed = report.clusters.iter().filter(|(_, o)| !o.is_ok()).count();
+    if failed == 0 {
+        ExitCode::SUCCESS
+    } else {
+        eprintln!("meshca: error: {failed} cluster(s) failed; the others were reconciled");
+        ExitCode::FAILURE
+    }
 }
 
 fn rotate_root(
@@ -198,14 +313,16 @@ fn rotate_root(
 ) -> anyhow::Result<ExitCode> {
     let (policy, store) = load(&a.common)?;
     let next = a.to_secret.as_deref().map(parse_secret).transpose()?;
-    let mgmt = &a.common.mgmt_cluster;
+    let mgmt = &a.common.store.mgmt_cluster;
+    let only = a.common.store.only();
+    let store = store.as_dyn();
     if a.dry_run {
-        let steps = plan_root_rotation(&store, &policy, mgmt, next.as_ref(), now)?;
+        let steps = plan_root_rotation(store, &policy, mgmt, next.as_ref(), now)?;
         writeln!(out, "root rotation plan (dry run: nothing written)")?;
         print_plan(out, &steps, now)?;
         return Ok(ExitCode::SUCCESS);
     }
-    let state = meshca_trust::start_root_rotation(&store, &policy, mgmt, next.as_ref(), now)?;
+    let state = meshca_trust::start_root_rotation(store, &policy, mgmt, next.as_ref(), now)?;
     writeln!(
         out,
         "root rotation started: new root {} (secret {}/{}), phase {}",
@@ -214,7 +331,7 @@ fn rotate_root(
         state.next_secret.name,
         state.phase.label()
     )?;
-    let report = meshca_trust::reconcile(&store, &policy, mgmt, &a.common.clusters, &[], now)?;
+    let report = meshca_trust::reconcile(store, &policy, mgmt, &only, &[], now)?;
     print_report(out, &report)?;
     if let Some(at) = report.rotation_due {
         writeln!(
@@ -223,7 +340,7 @@ fn rotate_root(
             meshca_pki::error::show_time(at)
         )?;
     }
-    Ok(ExitCode::SUCCESS)
+    Ok(exit_for(&report))
 }
 
 fn print_plan(
@@ -253,6 +370,7 @@ fn print_plan(
                 Outcome::Rotated(_) => "intermediate re-issued".to_owned(),
                 Outcome::RootsUpdated => "root bundle updated".to_owned(),
                 Outcome::Fresh => continue,
+                Outcome::Failed(_) => "failed".to_owned(),
             };
             by_kind.entry(k).or_default().push(c);
         }
@@ -266,10 +384,10 @@ fn print_plan(
 fn status(s: &StatusArgs, now: OffsetDateTime, out: &mut impl Write) -> anyhow::Result<ExitCode> {
     let (policy, store) = load(&s.common)?;
     let st = meshca_trust::status(
-        &store,
+        store.as_dyn(),
         &policy,
-        &s.common.mgmt_cluster,
-        &s.common.clusters,
+        &s.common.store.mgmt_cluster,
+        &s.common.store.only(),
         now,
     )?;
     match s.output {
@@ -387,28 +505,46 @@ fn simulate_cmd(
 
 /// `trust run`: reconcile, then sleep until something falls due, the resync timer fires, the
 /// store or the policy file changes, or a stop signal comes. A reconcile in progress is never
-/// cut off: a stop waits for it, so every secret is either written whole or not at all.
+/// cut off: a stop waits for it, so every secret is either written whole or not at all. A
+/// cluster that failed is tried again after a backoff that doubles from 1 s to 60 s.
 fn run_loop(r: &RunArgs) -> anyhow::Result<ExitCode> {
     let (mut policy, store) = load(&r.common)?;
-    let mgmt = r.common.mgmt_cluster.clone();
+    let args = &r.common.store;
+    let mgmt = args.mgmt_cluster.clone();
+    let only = args.only();
+    let poll = match (r.poll, &store) {
+        (Some(p), _) => to_std(p),
+        (None, Store::Kube(_)) => StdDuration::from_millis(200),
+        (None, Store::Folder(_)) => StdDuration::from_secs(2),
+    }
+    .max(StdDuration::from_millis(50));
+    if let Store::Kube(k) = &store {
+        watch_policy_secrets(k, &policy, &mgmt)?;
+    }
+    let store = std::sync::Arc::new(store);
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    let poll = to_std(r.poll).max(StdDuration::from_millis(50));
     let resync = to_std(r.resync).max(StdDuration::from_secs(1));
     rt.block_on(async move {
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
         let mut policy_text = std::fs::read(&r.common.policy).unwrap_or_default();
         // Bundles verified by one reconcile and found unchanged by the next are not verified again.
         let cache = std::sync::Arc::new(meshca_trust::BundleCache::new());
+        let mut backoff = StdDuration::ZERO;
+        // Store calls may block on the network: they run off this thread.
+        let fingerprint = |policy: &TrustPolicy| {
+            let (s, p, m) = (std::sync::Arc::clone(&store), policy.clone(), mgmt.clone());
+            tokio::task::spawn_blocking(move || store_fingerprint(s.as_dyn(), &p, &m).unwrap_or_default())
+        };
         loop {
-            let seen = store_fingerprint(&store, &policy, &mgmt).unwrap_or_default();
+            let seen = fingerprint(&policy).await?;
             let now = OffsetDateTime::now_utc();
-            let wake = {
-                let (s, p, m, only) = (store.clone(), policy.clone(), mgmt.clone(), r.common.clusters.clone());
+            let (wake, failed) = {
+                let (s, p, m, o) = (std::sync::Arc::clone(&store), policy.clone(), mgmt.clone(), only.clone());
                 let c = std::sync::Arc::clone(&cache);
                 let result = tokio::task::spawn_blocking(move || {
-                    meshca_trust::reconcile_with(&c, &s, &p, &m, &only, &[], now)
+                    meshca_trust::reconcile_with(&c, s.as_dyn(), &p, &m, &o, &[], now)
                 })
                 .await?;
                 let mut stdout = std::io::stdout().lock();
@@ -428,30 +564,40 @@ fn run_loop(r: &RunArgs) -> anyhow::Result<ExitCode> {
                             },
                         )?;
                         let fresh = report.clusters.iter().filter(|(_, o)| *o == Outcome::Fresh).count();
+                        let failed = report.clusters.iter().filter(|(_, o)| !o.is_ok()).count();
                         writeln!(
                             stdout,
-                            "reconciled at {}: {} cluster(s) fresh; next check {}",
+                            "reconciled at {}: {} cluster(s) fresh{}; next check {}",
                             meshca_pki::error::show_time(now),
                             fresh,
+                            if failed > 0 { format!(", {failed} failed") } else { String::new() },
                             report
                                 .next_check
                                 .map(meshca_pki::error::show_time)
                                 .unwrap_or_else(|| "on the resync timer".into())
                         )?;
-                        report.next_check
+                        (report.next_check, failed > 0)
                     }
                     Err(e) => {
                         writeln!(stdout, "meshca: error: {e}")?;
-                        None
+                        (None, true)
                     }
                 }
             };
             stdout_flush();
-            let deadline = tokio::time::Instant::now()
-                + wake
-                    .map(|w| to_std(w - OffsetDateTime::now_utc()))
-                    .unwrap_or(resync)
-                    .min(resync);
+            backoff = if failed {
+                (backoff * 2).clamp(StdDuration::from_secs(1), StdDuration::from_secs(60))
+            } else {
+                StdDuration::ZERO
+            };
+            let mut wait = wake
+                .map(|w| to_std(w - OffsetDateTime::now_utc()))
+                .unwrap_or(resync)
+                .min(resync);
+            if failed {
+                wait = wait.min(backoff);
+            }
+            let deadline = tokio::time::Instant::now() + wait;
             // Wait for a reason to reconcile again.
             loop {
                 tokio::select! {
@@ -465,13 +611,16 @@ fn run_loop(r: &RunArgs) -> anyhow::Result<ExitCode> {
                             match read_policy(&r.common.policy) {
                                 Ok(p) => {
                                     println!("policy changed: reloaded");
+                                    if let Store::Kube(k) = store.as_ref() {
+                                        watch_policy_secrets(k, &p, &mgmt)?;
+                                    }
                                     policy = p;
                                     break;
                                 }
                                 Err(e) => println!("meshca: error: policy not reloaded, keeping the last good one: {e}"),
                             }
                         }
-                        if store_fingerprint(&store, &policy, &mgmt).unwrap_or_default() != seen {
+                        if fingerprint(&policy).await? != seen {
                             break;
                         }
                     }
@@ -479,6 +628,28 @@ fn run_loop(r: &RunArgs) -> anyhow::Result<ExitCode> {
             }
         }
     })
+}
+
+/// Watches what a reconcile under `policy` reads: `istio-system` in every workload cluster and
+/// the policy's namespaces in the management cluster, so that reads come from memory.
+fn watch_policy_secrets(
+    store: &meshca_kube::KubeStore,
+    policy: &TrustPolicy,
+    mgmt: &str,
+) -> anyhow::Result<()> {
+    let mut scopes: Vec<(String, String)> = store
+        .clusters()?
+        .into_iter()
+        .filter(|c| c != mgmt)
+        .map(|c| (c, meshca_trust::reconcile::ISTIO_NAMESPACE.to_owned()))
+        .collect();
+    for (ns, _) in meshca_trust::reconcile::secrets_of(policy, None) {
+        scopes.push((mgmt.to_owned(), ns));
+    }
+    scopes.sort();
+    scopes.dedup();
+    store.watch(&scopes)?;
+    Ok(())
 }
 
 fn stopped() -> anyhow::Result<ExitCode> {

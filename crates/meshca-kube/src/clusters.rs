@@ -1,0 +1,199 @@
+//! Which clusters the Kubernetes store talks to, and how: kubeconfig contexts named on the command
+//! line, or the remote secrets that `istioctl create-remote-secret` leaves in the management
+//! cluster (label `istio/multiCluster=true`, one kubeconfig per cluster in their data), so that a
+//! mesh already set up for multi-cluster Istio needs nothing more.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::Secret;
+use kube::api::{Api, ListParams};
+use kube::config::{KubeConfigOptions, Kubeconfig};
+
+use crate::KubeError;
+
+/// The label Istio puts on remote secrets.
+pub const REMOTE_SECRET_LABEL: &str = "istio/multiCluster=true";
+
+/// Where the clusters come from.
+#[derive(Clone, Debug, Default)]
+pub struct ClusterSources {
+    /// The kubeconfig file; `None` reads `$KUBECONFIG` or `~/.kube/config`.
+    pub kubeconfig: Option<PathBuf>,
+    /// The management cluster's context; `None` is the kubeconfig's current context.
+    pub mgmt_context: Option<String>,
+    /// Workload clusters as (name, context).
+    pub clusters: Vec<(String, String)>,
+    /// Also take workload clusters from Istio remote secrets in the management cluster, in this
+    /// namespace.
+    pub remote_secrets_namespace: Option<String>,
+}
+
+/// One cluster, resolved: its name in the store, the client configuration, and where it is.
+#[derive(Clone)]
+pub struct ClusterConfig {
+    /// The name meshca uses for it (and its `cacerts`).
+    pub name: String,
+    /// How to reach it.
+    pub config: kube::Config,
+    /// Where it came from, for messages: `context NAME` or `remote secret NS/NAME`.
+    pub origin: String,
+}
+
+impl std::fmt::Debug for ClusterConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The configuration may hold credentials: only where it points is shown.
+        f.debug_struct("ClusterConfig")
+            .field("name", &self.name)
+            .field("server", &self.config.cluster_url.to_string())
+            .field("origin", &self.origin)
+            .finish()
+    }
+}
+
+/// How long a connection may take to open.
+pub(crate) const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+fn read_kubeconfig(sources: &ClusterSources) -> Result<Kubeconfig, KubeError> {
+    match &sources.kubeconfig {
+        Some(p) => Kubeconfig::read_from(p).map_err(|e| KubeError::Config {
+            what: p.display().to_string(),
+            reason: e.to_string(),
+        }),
+        None => Kubeconfig::read().map_err(|e| KubeError::Config {
+            what: "the default kubeconfig ($KUBECONFIG or ~/.kube/config)".to_owned(),
+            reason: e.to_string(),
+        }),
+    }
+}
+
+async fn from_context(
+    kubeconfig: &Kubeconfig,
+    context: Option<&str>,
+    what: &str,
+) -> Result<kube::Config, KubeError> {
+    if let Some(c) = context
+        && !kubeconfig.contexts.iter().any(|n| n.name == c)
+    {
+        return Err(KubeError::Config {
+            what: what.to_owned(),
+            reason: format!("no context {c:?} in the kubeconfig"),
+        });
+    }
+    let options = KubeConfigOptions {
+        context: context.map(str::to_owned),
+        ..Default::default()
+    };
+    let mut config = kube::Config::from_custom_kubeconfig(kubeconfig.clone(), &options)
+        .await
+        .map_err(|e| KubeError::Config {
+            what: what.to_owned(),
+            reason: e.to_string(),
+        })?;
+    config.connect_timeout = Some(CONNECT_TIMEOUT);
+    Ok(config)
+}
+
+/// The management cluster and every workload cluster the sources name. Remote secrets are read
+/// from the management cluster (one request); a cluster named both ways keeps its context.
+pub async fn resolve(
+    sources: &ClusterSources,
+    mgmt_name: &str,
+    timeout: Duration,
+) -> Result<Vec<ClusterConfig>, KubeError> {
+    let kubeconfig = read_kubeconfig(sources)?;
+    let mgmt_what = match &sources.mgmt_context {
+        Some(c) => format!("--mgmt-context {c}"),
+        None => "the kubeconfig's current context".to_owned(),
+    };
+    let mgmt = from_context(&kubeconfig, sources.mgmt_context.as_deref(), &mgmt_what).await?;
+    let mut out = vec![ClusterConfig {
+        name: mgmt_name.to_owned(),
+        origin: sources.mgmt_context.as_deref().map_or_else(
+            || "the current context".to_owned(),
+            |c| format!("context {c}"),
+        ),
+        config: mgmt.clone(),
+    }];
+    for (name, context) in &sources.clusters {
+        if out.iter().any(|c| &c.name == name) {
+            return Err(KubeError::Config {
+                what: format!("--cluster {name}={context}"),
+                reason: format!("the cluster name {name:?} is given twice"),
+            });
+        }
+        let config = from_context(
+            &kubeconfig,
+            Some(context),
+            &format!("--cluster {name}={context}"),
+        )
+        .await?;
+        out.push(ClusterConfig {
+            name: name.clone(),
+            config,
+            origin: format!("context {context}"),
+        });
+    }
+    if let Some(ns) = &sources.remote_secrets_namespace {
+        for c in remote_secret_clusters(mgmt, mgmt_name, ns, timeout).await? {
+            if !out.iter().any(|o| o.name == c.name) {
+                out.push(c);
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// The clusters of the Istio remote secrets in `namespace` of the management cluster.
+async fn remote_secret_clusters(
+    mgmt: kube::Config,
+    mgmt_name: &str,
+    namespace: &str,
+    timeout: Duration,
+) -> Result<Vec<ClusterConfig>, KubeError> {
+    let target = format!("cluster {mgmt_name} (remote secrets in {namespace})");
+    let client = kube::Client::try_from(mgmt).map_err(|e| KubeError::Config {
+        what: target.clone(),
+        reason: e.to_string(),
+    })?;
+    let api: Api<Secret> = Api::namespaced(client, namespace);
+    let list = tokio::time::timeout(
+        timeout,
+        api.list(&ListParams::default().labels(REMOTE_SECRET_LABEL)),
+    )
+    .await
+    .map_err(|_| KubeError::Config {
+        what: target.clone(),
+        reason: format!("no answer within {}s", timeout.as_secs()),
+    })?
+    .map_err(|e| KubeError::Config {
+        what: target.clone(),
+        reason: crate::store::describe_error(&e),
+    })?;
+    let mut out = Vec::new();
+    for s in list.items {
+        let secret = format!(
+            "{namespace}/{}",
+            s.metadata.name.as_deref().unwrap_or_default()
+        );
+        for (cluster, bytes) in s.data.unwrap_or_default() {
+            let what = format!("remote secret {secret}, key {cluster}");
+            let text = std::str::from_utf8(&bytes.0).map_err(|_| KubeError::Config {
+                what: what.clone(),
+                reason: "not a UTF-8 kubeconfig".to_owned(),
+            })?;
+            let kc = Kubeconfig::from_yaml(text).map_err(|e| KubeError::Config {
+                what: what.clone(),
+                reason: e.to_string(),
+            })?;
+            let config = from_context(&kc, None, &what).await?;
+            out.push(ClusterConfig {
+                name: cluster,
+                config,
+                origin: format!("remote secret {secret}"),
+            });
+        }
+    }
+    out.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(out)
+}
