@@ -1,0 +1,417 @@
+//! The Kubernetes store under the reconciler, against real kube-apiservers on loopback: version
+//! preconditions; a writer slipping in between read and write; intermediate and root rotations on
+//! a fake clock with a reader that finds every `cacerts` whole and valid at every moment; an API
+//! server killed in the middle of a reconcile.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers panic on setup failures by design
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use meshca_kube::{ClusterSources, KubeOptions, KubeStore};
+use meshca_pki::{CacertsBundle, verify_path};
+use meshca_store::{Expect, Secret, SecretData, SecretKey, SecretStore, StoreError, Version};
+use meshca_testkit::kube::ControlPlane;
+use meshca_trust::reconcile::cacerts_key;
+use meshca_trust::{Outcome, TrustPolicy, reconcile, rotation, start_root_rotation};
+use time::{Duration, OffsetDateTime};
+
+/// A generated root (made by meshca in the management cluster), 30-day intermediates.
+const POLICY: &str = "apiVersion: trust.meshca/v1alpha1
+kind: RootTrustPolicy
+metadata:
+  name: mesh
+  namespace: gloo-mesh
+spec:
+  config:
+    mgmtServerCa:
+      generated:
+        ttlDays: 365
+    intermediateCertOptions:
+      ttlDays: 30
+      secretRotationGracePeriodRatio: 0.1
+      keyType: ecdsa-p256
+";
+
+const CLUSTERS: [&str; 2] = ["cluster1", "cluster2"];
+
+fn start() -> OffsetDateTime {
+    OffsetDateTime::now_utc()
+}
+
+fn control_plane() -> ControlPlane {
+    let cp = ControlPlane::start(&["mgmt", "cluster1", "cluster2"]);
+    cp.kubectl_ok(["--context", "mgmt", "create", "namespace", "gloo-mesh"]);
+    for c in CLUSTERS {
+        cp.kubectl_ok(["--context", c, "create", "namespace", "istio-system"]);
+    }
+    cp
+}
+
+fn store(cp: &ControlPlane) -> KubeStore {
+    let sources = ClusterSources {
+        kubeconfig: Some(cp.kubeconfig().to_owned()),
+        mgmt_context: Some("mgmt".into()),
+        clusters: CLUSTERS
+            .iter()
+            .map(|c| ((*c).into(), (*c).into()))
+            .collect(),
+        ..Default::default()
+    };
+    let opts = KubeOptions {
+        timeout: std::time::Duration::from_secs(3),
+        owner: Some("gloo-mesh/mesh".into()),
+        ..Default::default()
+    };
+    KubeStore::connect(&sources, opts).unwrap()
+}
+
+fn policy() -> TrustPolicy {
+    TrustPolicy::from_yaml(POLICY, "policy.yaml").unwrap()
+}
+
+fn bundle(store: &dyn SecretStore, cluster: &str, now: OffsetDateTime) -> CacertsBundle {
+    let data = store.read(&cacerts_key(cluster)).unwrap().expect("cacerts");
+    CacertsBundle::from_files(&data, cluster, now).unwrap()
+}
+
+/// Each cluster's intermediate verifies against the other's root bundle: the two meshes
+/// interoperate.
+fn cross_verify(store: &dyn SecretStore, now: OffsetDateTime) {
+    let a = bundle(store, "cluster1", now);
+    let b = bundle(store, "cluster2", now);
+    for (x, y, what) in [(&a, &b, "1 → 2"), (&b, &a, "2 → 1")] {
+        let chain = &x.path().certs()[1..];
+        verify_path(x.signer().cert(), chain, y.roots(), now)
+            .unwrap_or_else(|e| panic!("{what}: {e}"));
+    }
+}
+
+#[test]
+fn writes_name_the_version_they_read() {
+    let cp = control_plane();
+    let s = store(&cp);
+    let key = SecretKey::new("cluster1", "istio-system", "probe");
+    let mut d = SecretData::new();
+    d.insert("a".into(), b"1".to_vec());
+    let v1 = s.write(&key, &d, &Expect::Absent).unwrap();
+    let e = s.write(&key, &d, &Expect::Absent).unwrap_err();
+    assert!(e.is_conflict(), "{e}");
+    // Someone else changes it: a write at the old version is refused and changes nothing.
+    cp.kubectl_ok([
+        "--context",
+        "cluster1",
+        "-n",
+        "istio-system",
+        "annotate",
+        "secret",
+        "probe",
+        "by=hand",
+    ]);
+    let mut d2 = SecretData::new();
+    d2.insert("a".into(), b"2".to_vec());
+    let e = s
+        .write(&key, &d2, &Expect::Version(v1.clone()))
+        .unwrap_err();
+    assert!(
+        matches!(&e, StoreError::VersionConflict { key, .. } if key == "cluster1/istio-system/probe"),
+        "{e}"
+    );
+    let now: Secret = s.get(&key).unwrap().unwrap();
+    assert_eq!(now.data, d);
+    assert_ne!(now.version, v1);
+    // At the version it has now, the write goes through, whole, and keeps the hand's annotation.
+    s.write(&key, &d2, &Expect::Version(now.version)).unwrap();
+    assert_eq!(s.read(&key).unwrap(), Some(d2));
+    let a = cp.kubectl_ok([
+        "--context",
+        "cluster1",
+        "-n",
+        "istio-system",
+        "get",
+        "secret",
+        "probe",
+        "-o",
+        "jsonpath={.metadata.annotations.by} {.metadata.labels.app\\.kubernetes\\.io/managed-by}",
+    ]);
+    assert_eq!(a, "hand meshca");
+    // A cluster the store does not know is named.
+    let e = s.read(&SecretKey::new("cluster9", "ns", "x")).unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("cluster cluster9: not a configured cluster"),
+        "{e}"
+    );
+}
+
+/// A store that lets another writer in just before the first write of one secret, and records
+/// what each of the real store's writes answered.
+struct Meddler<'a> {
+    inner: &'a KubeStore,
+    cp: &'a ControlPlane,
+    target: SecretKey,
+    meddled: AtomicBool,
+    answers: Mutex<Vec<Result<Version, String>>>,
+}
+
+impl SecretStore for Meddler<'_> {
+    fn clusters(&self) -> Result<Vec<String>, StoreError> {
+        self.inner.clusters()
+    }
+    fn get(&self, key: &SecretKey) -> Result<Option<Secret>, StoreError> {
+        self.inner.get(key)
+    }
+    fn write(
+        &self,
+        key: &SecretKey,
+        data: &SecretData,
+        expect: &Expect,
+    ) -> Result<Version, StoreError> {
+        if key == &self.target && !self.meddled.swap(true, Ordering::SeqCst) {
+            self.cp.kubectl_ok([
+                "--context",
+                &key.cluster,
+                "-n",
+                &key.namespace,
+                "patch",
+                "secret",
+                &key.name,
+                "-p",
+                r#"{"data":{"root-cert.pem":"am9uaw=="}}"#,
+            ]);
+        }
+        let r = self.inner.write(key, data, expect);
+        if key == &self.target {
+            self.answers
+                .lock()
+                .unwrap()
+                .push(r.as_ref().map(Clone::clone).map_err(ToString::to_string));
+        }
+        r
+    }
+}
+
+#[test]
+fn a_writer_between_read_and_write_is_detected_and_the_cluster_replanned() {
+    let cp = control_plane();
+    let s = store(&cp);
+    let p = policy();
+    let now = start();
+    let r = reconcile(&s, &p, "mgmt", &[], &[], now).unwrap();
+    assert!(
+        r.clusters.iter().all(|(_, o)| *o == Outcome::Created),
+        "{r:?}"
+    );
+    let m = Meddler {
+        inner: &s,
+        cp: &cp,
+        target: cacerts_key("cluster1"),
+        meddled: AtomicBool::new(false),
+        answers: Mutex::new(Vec::new()),
+    };
+    let r = reconcile(&m, &p, "mgmt", &[], &["*".into()], now).unwrap();
+    assert!(
+        r.clusters
+            .iter()
+            .all(|(_, o)| matches!(o, Outcome::Rotated(_))),
+        "{r:?}"
+    );
+    let answers = m.answers.lock().unwrap().clone();
+    assert_eq!(answers.len(), 2, "{answers:?}");
+    assert!(
+        answers[0]
+            .as_ref()
+            .unwrap_err()
+            .contains("changed since it was read"),
+        "{answers:?}"
+    );
+    assert!(answers[1].is_ok(), "{answers:?}");
+    // Nothing of the other writer's edit survived the re-plan, and the mesh holds together.
+    cross_verify(&s, now);
+}
+
+#[test]
+fn rotations_on_a_fake_clock_never_show_a_torn_or_invalid_bundle() {
+    let cp = control_plane();
+    let s = store(&cp);
+    let p = policy();
+    let t0 = start();
+    let clock = Arc::new(Mutex::new(t0));
+    reconcile(&s, &p, "mgmt", &[], &[], t0).unwrap();
+    cross_verify(&s, t0);
+    let old_root = bundle(&s, "cluster1", t0).roots()[0].clone();
+
+    // A reader of its own, reading both clusters' cacerts from the API servers all along.
+    let stop = Arc::new(AtomicBool::new(false));
+    let reads = Arc::new(AtomicUsize::new(0));
+    let reader = {
+        let (stop, reads, clock) = (Arc::clone(&stop), Arc::clone(&reads), Arc::clone(&clock));
+        let r = store(&cp);
+        std::thread::spawn(move || {
+            while !stop.load(Ordering::SeqCst) {
+                for c in CLUSTERS {
+                    let now = *clock.lock().unwrap();
+                    let data = r
+                        .read(&cacerts_key(c))
+                        .unwrap()
+                        .expect("cacerts is never absent");
+                    // Loaded as istiod loads it, at the moment it is read (a bundle read just
+                    // before the clock moves is judged a moment later: still valid).
+                    CacertsBundle::from_files(&data, c, now).unwrap_or_else(|e| panic!("{c}: {e}"));
+                    reads.fetch_add(1, Ordering::SeqCst);
+                }
+            }
+        })
+    };
+
+    // Intermediates fall due at 90% of their 30 days: rotated, and not before.
+    let t1 = t0 + Duration::days(26);
+    *clock.lock().unwrap() = t1;
+    let r = reconcile(&s, &p, "mgmt", &[], &[], t1).unwrap();
+    assert!(
+        r.clusters.iter().all(|(_, o)| *o == Outcome::Fresh),
+        "{r:?}"
+    );
+    let t2 = t0 + Duration::days(28);
+    *clock.lock().unwrap() = t2;
+    let r = reconcile(&s, &p, "mgmt", &[], &[], t2).unwrap();
+    assert!(
+        r.clusters
+            .iter()
+            .all(|(_, o)| matches!(o, Outcome::Rotated(_))),
+        "{r:?}"
+    );
+    cross_verify(&s, t2);
+
+    // A root rotation through its three phases, the clock moved to each phase's time.
+    let mut now = t2 + Duration::hours(1);
+    *clock.lock().unwrap() = now;
+    let state = start_root_rotation(&s, &p, "mgmt", None, now).unwrap();
+    assert_eq!(state.phase, meshca_trust::RotationPhase::AddRoot);
+    let mut said: Vec<String> = Vec::new();
+    let mut steps = 0;
+    loop {
+        let r = reconcile(&s, &p, "mgmt", &[], &[], now).unwrap();
+        assert!(r.clusters.iter().all(|(_, o)| o.is_ok()), "{r:?}");
+        cross_verify(&s, now);
+        said.extend(r.rotation);
+        if rotation::load(&s, &p, "mgmt").unwrap().is_none() {
+            break;
+        }
+        steps += 1;
+        assert!(steps < 20, "the rotation ends: {said:#?}");
+        now += Duration::hours(25);
+        *clock.lock().unwrap() = now;
+    }
+    let started: Vec<&str> = said
+        .iter()
+        .filter(|l| l.ends_with("started") || l.contains(" started: "))
+        .map(String::as_str)
+        .collect();
+    assert!(
+        started
+            .iter()
+            .any(|l| l.starts_with("phase 2/3 reissue started"))
+            && started
+                .iter()
+                .any(|l| l.starts_with("phase 3/3 drop-root started")),
+        "{said:#?}"
+    );
+    assert!(
+        said.iter().any(|l| l.starts_with("root rotation finished")),
+        "{said:#?}"
+    );
+    assert!(steps >= 2, "each phase waited for its time: {said:#?}");
+    // The new root is the policy's root and the only one every cluster trusts.
+    for c in CLUSTERS {
+        let b = bundle(&s, c, now);
+        assert_eq!(b.roots().len(), 1, "{c}");
+        assert_ne!(b.roots()[0], old_root, "{c}");
+    }
+
+    stop.store(true, Ordering::SeqCst);
+    reader
+        .join()
+        .expect("the reader found every bundle whole and valid");
+    assert!(
+        reads.load(Ordering::SeqCst) > 20,
+        "{} reads",
+        reads.load(Ordering::SeqCst)
+    );
+}
+
+/// A store that SIGKILLs one cluster's API server just before writing to it.
+struct Killer<'a> {
+    inner: &'a KubeStore,
+    cp: &'a Mutex<ControlPlane>,
+    victim: &'static str,
+}
+
+impl SecretStore for Killer<'_> {
+    fn clusters(&self) -> Result<Vec<String>, StoreError> {
+        self.inner.clusters()
+    }
+    fn get(&self, key: &SecretKey) -> Result<Option<Secret>, StoreError> {
+        self.inner.get(key)
+    }
+    fn write(
+        &self,
+        key: &SecretKey,
+        data: &SecretData,
+        expect: &Expect,
+    ) -> Result<Version, StoreError> {
+        if key.cluster == self.victim {
+            let mut cp = self.cp.lock().unwrap();
+            if cp.is_running(self.victim) {
+                cp.kill(self.victim);
+            }
+        }
+        self.inner.write(key, data, expect)
+    }
+}
+
+#[test]
+fn an_api_server_killed_mid_reconcile_is_reported_and_converges_after_restart() {
+    let cp = Mutex::new(control_plane());
+    let s = store(&cp.lock().unwrap());
+    let p = policy();
+    let now = start();
+    reconcile(&s, &p, "mgmt", &[], &[], now).unwrap();
+    let before = s.get(&cacerts_key("cluster2")).unwrap().unwrap();
+    let k = Killer {
+        inner: &s,
+        cp: &cp,
+        victim: "cluster2",
+    };
+    let started = std::time::Instant::now();
+    let r = reconcile(&k, &p, "mgmt", &[], &["*".into()], now).unwrap();
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(20),
+        "{:?}",
+        started.elapsed()
+    );
+    let outcome = |c: &str| r.clusters.iter().find(|(n, _)| n == c).unwrap().1.clone();
+    assert!(matches!(outcome("cluster1"), Outcome::Rotated(_)), "{r:?}");
+    match outcome("cluster2") {
+        Outcome::Failed(why) => assert!(
+            why.starts_with("cluster cluster2 (https://127.0.0.1:"),
+            "{why}"
+        ),
+        o => panic!("cluster2: {o:?}"),
+    }
+    cp.lock().unwrap().restart("cluster2");
+    // Nothing torn: cluster2 holds exactly what it held, and it still interoperates.
+    let after = s.get(&cacerts_key("cluster2")).unwrap().unwrap();
+    assert_eq!(after, before);
+    cross_verify(&s, now);
+    // The next reconcile converges.
+    let r = reconcile(&s, &p, "mgmt", &[], &["cluster2".into()], now).unwrap();
+    assert!(
+        matches!(
+            r.clusters.iter().find(|(n, _)| n == "cluster2").unwrap().1,
+            Outcome::Rotated(_)
+        ),
+        "{r:?}"
+    );
+    cross_verify(&s, now);
+}
