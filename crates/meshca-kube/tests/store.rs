@@ -415,3 +415,121 @@ fn an_api_server_killed_mid_reconcile_is_reported_and_converges_after_restart() 
     );
     cross_verify(&s, now);
 }
+
+#[test]
+fn a_refusing_and_a_hanging_api_server_are_named_and_the_others_go_on() {
+    let cp = control_plane();
+    // A listener that takes connections and never answers: a hung API server.
+    let hung = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let hung_port = hung.local_addr().unwrap().port();
+    let held = std::thread::spawn(move || {
+        let mut open = Vec::new();
+        for s in hung.incoming().take(8) {
+            open.push(s);
+        }
+        open
+    });
+    // A service account without rights: the real API server answers 403 Forbidden.
+    cp.kubectl_ok([
+        "--context",
+        "cluster2",
+        "-n",
+        "default",
+        "create",
+        "serviceaccount",
+        "nobody",
+    ]);
+    let token = cp.kubectl_ok([
+        "--context",
+        "cluster2",
+        "-n",
+        "default",
+        "create",
+        "token",
+        "nobody",
+    ]);
+    let kubeconfig = cp.dir().join("kubeconfig-faults");
+    std::fs::copy(cp.kubeconfig(), &kubeconfig).unwrap();
+    let config = |args: &[&str]| {
+        let out = cp
+            .kubectl()
+            .env("KUBECONFIG", &kubeconfig)
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let ca = cp.ca_cert().display().to_string();
+    config(&[
+        "config",
+        "set-cluster",
+        "hung",
+        &format!("--server=https://127.0.0.1:{hung_port}"),
+        &format!("--certificate-authority={ca}"),
+    ]);
+    config(&[
+        "config",
+        "set-credentials",
+        "nobody",
+        &format!("--token={}", token.trim()),
+    ]);
+    config(&[
+        "config",
+        "set-context",
+        "hung",
+        "--cluster=hung",
+        "--user=nobody",
+    ]);
+    config(&[
+        "config",
+        "set-context",
+        "forbidden",
+        "--cluster=cluster2",
+        "--user=nobody",
+    ]);
+    let sources = ClusterSources {
+        kubeconfig: Some(kubeconfig),
+        mgmt_context: Some("mgmt".into()),
+        clusters: vec![
+            ("cluster1".into(), "cluster1".into()),
+            ("hung".into(), "hung".into()),
+            ("forbidden".into(), "forbidden".into()),
+        ],
+        ..Default::default()
+    };
+    let opts = KubeOptions {
+        timeout: std::time::Duration::from_secs(2),
+        ..Default::default()
+    };
+    let s = KubeStore::connect(&sources, opts).unwrap();
+    let started = std::time::Instant::now();
+    let r = reconcile(&s, &policy(), "mgmt", &[], &[], start()).unwrap();
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(15),
+        "{:?}",
+        started.elapsed()
+    );
+    let outcome = |c: &str| r.clusters.iter().find(|(n, _)| n == c).unwrap().1.clone();
+    assert_eq!(outcome("cluster1"), Outcome::Created, "{r:?}");
+    match outcome("hung") {
+        Outcome::Failed(why) => assert_eq!(
+            why,
+            format!("cluster hung (https://127.0.0.1:{hung_port}/): no answer within 2s"),
+        ),
+        o => panic!("hung: {o:?}"),
+    }
+    match outcome("forbidden") {
+        Outcome::Failed(why) => assert!(
+            why.contains("secret istio-system/cacerts: HTTP 403 Forbidden: secrets \"cacerts\" is forbidden: User \"system:serviceaccount:default:nobody\" cannot get resource \"secrets\""),
+            "{why}"
+        ),
+        o => panic!("forbidden: {o:?}"),
+    }
+    drop(s);
+    drop(cp);
+    drop(held);
+}
