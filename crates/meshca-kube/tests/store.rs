@@ -1,19 +1,21 @@
 //! The Kubernetes store under the reconciler, against real kube-apiservers on loopback: version
-//! preconditions; a writer slipping in between read and write; intermediate and root rotations on
-//! a fake clock with a reader that finds every `cacerts` whole and valid at every moment; an API
-//! server killed in the middle of a reconcile.
+//! preconditions; a writer slipping in between read and write; the manager (the loop of
+//! `meshca trust run`) through intermediate and root rotations on a fake clock, with a reader that
+//! finds every `cacerts` whole and valid at every moment; an API server killed in the middle of a
+//! reconcile; one that refuses and one that hangs.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers panic on setup failures by design
 
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
 
 use meshca_kube::{ClusterSources, KubeOptions, KubeStore};
 use meshca_pki::{CacertsBundle, verify_path};
 use meshca_store::{Expect, Secret, SecretData, SecretKey, SecretStore, StoreError, Version};
 use meshca_testkit::kube::ControlPlane;
+use meshca_trust::manager::{Clock, Event, Manager, ManagerConfig, ManualClock};
 use meshca_trust::reconcile::cacerts_key;
-use meshca_trust::{Outcome, TrustPolicy, reconcile, rotation, start_root_rotation};
+use meshca_trust::{Outcome, TrustPolicy, reconcile, start_root_rotation};
 use time::{Duration, OffsetDateTime};
 
 /// A generated root (made by meshca in the management cluster), 30-day intermediates.
@@ -231,113 +233,160 @@ fn a_writer_between_read_and_write_is_detected_and_the_cluster_replanned() {
 }
 
 #[test]
-fn rotations_on_a_fake_clock_never_show_a_torn_or_invalid_bundle() {
+fn the_manager_on_a_fake_clock_rotates_over_real_api_servers_and_no_bundle_is_ever_torn() {
     let cp = control_plane();
     let s = store(&cp);
+    // As `trust run` does: the secrets it reads are watched, and read from memory.
+    let scopes: Vec<(String, String)> = [
+        ("mgmt", "gloo-mesh"),
+        ("cluster1", "istio-system"),
+        ("cluster2", "istio-system"),
+    ]
+    .iter()
+    .map(|(c, n)| ((*c).to_owned(), (*n).to_owned()))
+    .collect();
+    s.watch(&scopes).unwrap();
+    let t = tempfile::tempdir().unwrap();
+    let file = t.path().join("policy.yaml");
+    std::fs::write(&file, POLICY).unwrap();
     let p = policy();
     let t0 = start();
-    let clock = Arc::new(Mutex::new(t0));
-    reconcile(&s, &p, "mgmt", &[], &[], t0).unwrap();
-    cross_verify(&s, t0);
-    let old_root = bundle(&s, "cluster1", t0).roots()[0].clone();
-
-    // A reader of its own, reading both clusters' cacerts from the API servers all along.
-    let stop = Arc::new(AtomicBool::new(false));
-    let reads = Arc::new(AtomicUsize::new(0));
-    let reader = {
-        let (stop, reads, clock) = (Arc::clone(&stop), Arc::clone(&reads), Arc::clone(&clock));
-        let r = store(&cp);
-        std::thread::spawn(move || {
+    let clock = ManualClock::new(t0);
+    let cfg = ManagerConfig {
+        mgmt: "mgmt".into(),
+        only: Vec::new(),
+        resync: Duration::hours(1),
+        poll: std::time::Duration::from_millis(20),
+    };
+    let stop = AtomicBool::new(false);
+    // (clock time of the reconcile, its outcomes, what the rotation did)
+    type Seen = (OffsetDateTime, Vec<(String, Outcome)>, Vec<String>);
+    let seen: Mutex<Vec<Seen>> = Mutex::new(Vec::new());
+    let reads = AtomicUsize::new(0);
+    let wait_for = |what: &str, f: &dyn Fn(&[Seen]) -> bool| {
+        let started = std::time::Instant::now();
+        while !f(&seen.lock().unwrap()) {
+            assert!(
+                started.elapsed().as_secs() < 60,
+                "{what}: {:#?}",
+                seen.lock().unwrap()
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    };
+    let reconciled_at = |at: OffsetDateTime| move |v: &[Seen]| v.iter().any(|(t, _, _)| *t == at);
+    std::thread::scope(|sc| {
+        let manager = sc.spawn(|| {
+            let mut m = Manager::new(&s, &clock, &file, cfg).unwrap();
+            m.run(&stop, &mut |e| match e {
+                Event::Reconciled { at, report, .. } => {
+                    seen.lock().unwrap().push((
+                        *at,
+                        report.clusters.clone(),
+                        report.rotation.clone(),
+                    ));
+                }
+                other => panic!("{other:?}"),
+            });
+        });
+        wait_for("created", &|v| {
+            v.iter()
+                .any(|(_, c, _)| c.iter().all(|(_, o)| *o == Outcome::Created))
+        });
+        cross_verify(&s, t0);
+        let old_root = bundle(&s, "cluster1", t0).roots()[0].clone();
+        // A reader of its own reads both clusters' cacerts from the API servers all along.
+        let reader = sc.spawn(|| {
+            let r = store(&cp);
             while !stop.load(Ordering::SeqCst) {
                 for c in CLUSTERS {
-                    let now = *clock.lock().unwrap();
+                    let now = clock.now();
                     let data = r
                         .read(&cacerts_key(c))
                         .unwrap()
                         .expect("cacerts is never absent");
-                    // Loaded as istiod loads it, at the moment it is read (a bundle read just
-                    // before the clock moves is judged a moment later: still valid).
+                    // Loaded as istiod loads it, at the moment it was read.
                     CacertsBundle::from_files(&data, c, now).unwrap_or_else(|e| panic!("{c}: {e}"));
                     reads.fetch_add(1, Ordering::SeqCst);
                 }
             }
-        })
-    };
+        });
 
-    // Intermediates fall due at 90% of their 30 days: rotated, and not before.
-    let t1 = t0 + Duration::days(26);
-    *clock.lock().unwrap() = t1;
-    let r = reconcile(&s, &p, "mgmt", &[], &[], t1).unwrap();
-    assert!(
-        r.clusters.iter().all(|(_, o)| *o == Outcome::Fresh),
-        "{r:?}"
-    );
-    let t2 = t0 + Duration::days(28);
-    *clock.lock().unwrap() = t2;
-    let r = reconcile(&s, &p, "mgmt", &[], &[], t2).unwrap();
-    assert!(
-        r.clusters
-            .iter()
-            .all(|(_, o)| matches!(o, Outcome::Rotated(_))),
-        "{r:?}"
-    );
-    cross_verify(&s, t2);
-
-    // A root rotation through its three phases, the clock moved to each phase's time.
-    let mut now = t2 + Duration::hours(1);
-    *clock.lock().unwrap() = now;
-    let state = start_root_rotation(&s, &p, "mgmt", None, now).unwrap();
-    assert_eq!(state.phase, meshca_trust::RotationPhase::AddRoot);
-    let mut said: Vec<String> = Vec::new();
-    let mut steps = 0;
-    loop {
-        let r = reconcile(&s, &p, "mgmt", &[], &[], now).unwrap();
-        assert!(r.clusters.iter().all(|(_, o)| o.is_ok()), "{r:?}");
-        cross_verify(&s, now);
-        said.extend(r.rotation);
-        if rotation::load(&s, &p, "mgmt").unwrap().is_none() {
-            break;
+        // Intermediates fall due at 90% of their 30 days: not at day 26, rotated at day 28.
+        let t1 = t0 + Duration::days(26);
+        clock.set(t1);
+        wait_for("day 26", &reconciled_at(t1));
+        let t2 = t0 + Duration::days(28);
+        clock.set(t2);
+        wait_for("day 28", &reconciled_at(t2));
+        {
+            let v = seen.lock().unwrap();
+            let at = |t| {
+                v.iter()
+                    .filter(|(a, _, _)| *a == t)
+                    .flat_map(|(_, c, _)| c.clone())
+                    .collect::<Vec<_>>()
+            };
+            assert!(at(t1).iter().all(|(_, o)| *o == Outcome::Fresh), "{v:#?}");
+            assert!(
+                at(t2)
+                    .iter()
+                    .filter(|(_, o)| matches!(o, Outcome::Rotated(_)))
+                    .count()
+                    == 2,
+                "{v:#?}"
+            );
         }
-        steps += 1;
-        assert!(steps < 20, "the rotation ends: {said:#?}");
-        now += Duration::hours(25);
-        *clock.lock().unwrap() = now;
-    }
-    let started: Vec<&str> = said
-        .iter()
-        .filter(|l| l.ends_with("started") || l.contains(" started: "))
-        .map(String::as_str)
-        .collect();
-    assert!(
-        started
-            .iter()
-            .any(|l| l.starts_with("phase 2/3 reissue started"))
-            && started
-                .iter()
-                .any(|l| l.starts_with("phase 3/3 drop-root started")),
-        "{said:#?}"
-    );
-    assert!(
-        said.iter().any(|l| l.starts_with("root rotation finished")),
-        "{said:#?}"
-    );
-    assert!(steps >= 2, "each phase waited for its time: {said:#?}");
-    // The new root is the policy's root and the only one every cluster trusts.
-    for c in CLUSTERS {
-        let b = bundle(&s, c, now);
-        assert_eq!(b.roots().len(), 1, "{c}");
-        assert_ne!(b.roots()[0], old_root, "{c}");
-    }
+        cross_verify(&s, t2);
 
-    stop.store(true, Ordering::SeqCst);
-    reader
-        .join()
-        .expect("the reader found every bundle whole and valid");
+        // A root rotation, started as `meshca trust rotate-root` starts it; the manager sees the
+        // state change and carries it through its phases as the clock moves.
+        let mut now = t2 + Duration::hours(1);
+        clock.set(now);
+        start_root_rotation(&s, &p, "mgmt", None, now).unwrap();
+        let finished = |v: &[Seen]| {
+            v.iter()
+                .any(|(_, _, r)| r.iter().any(|l| l.starts_with("root rotation finished")))
+        };
+        let mut steps = 0;
+        while !finished(&seen.lock().unwrap()) {
+            wait_for("a reconcile at the new time", &reconciled_at(now));
+            cross_verify(&s, now);
+            steps += 1;
+            assert!(steps < 20, "the rotation ends: {:#?}", seen.lock().unwrap());
+            now += Duration::hours(25);
+            clock.set(now);
+        }
+        let said: Vec<String> = seen
+            .lock()
+            .unwrap()
+            .iter()
+            .flat_map(|(_, _, r)| r.clone())
+            .collect();
+        for phase in ["phase 2/3 reissue started", "phase 3/3 drop-root started"] {
+            assert!(
+                said.iter().any(|l| l.starts_with(phase)),
+                "{phase}: {said:#?}"
+            );
+        }
+        assert!(steps >= 2, "each phase waited for its time: {said:#?}");
+        for c in CLUSTERS {
+            let b = bundle(&s, c, now);
+            assert_eq!(b.roots().len(), 1, "{c}");
+            assert_ne!(b.roots()[0], old_root, "{c}");
+        }
+        stop.store(true, Ordering::SeqCst);
+        manager.join().unwrap();
+        reader
+            .join()
+            .expect("the reader found every bundle whole and valid");
+    });
     assert!(
         reads.load(Ordering::SeqCst) > 20,
         "{} reads",
         reads.load(Ordering::SeqCst)
     );
+    assert!(s.watches_synced());
 }
 
 /// A store that SIGKILLs one cluster's API server just before writing to it.

@@ -10,6 +10,8 @@
 
 pub mod cache;
 pub mod cfssl;
+pub mod error;
+pub mod manager;
 pub mod policy;
 pub mod reconcile;
 pub mod rotation;

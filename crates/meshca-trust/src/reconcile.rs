@@ -35,26 +35,7 @@ pub fn cacerts_key(cluster: &str) -> SecretKey {
     SecretKey::new(cluster, ISTIO_NAMESPACE, CACERTS)
 }
 
-/// Why a reconcile stopped before writing anything.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum TrustError {
-    /// The policy's CA could not be loaded.
-    #[error("{0}")]
-    Ca(String),
-    /// A PKI check failed.
-    #[error(transparent)]
-    Pki(#[from] PkiError),
-    /// The store failed.
-    #[error(transparent)]
-    Store(#[from] StoreError),
-    /// A named cluster is not in the store.
-    #[error("cluster {0:?} is not in the store")]
-    UnknownCluster(String),
-    /// The external signer failed or gave an unusable answer.
-    #[error(transparent)]
-    Cfssl(#[from] crate::cfssl::CfsslError),
-}
+pub use crate::error::TrustError;
 
 /// What happened to one cluster.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -274,16 +255,16 @@ fn load_current(
         });
     }
     let Some(r) = root_secret(policy) else {
-        return Err(TrustError::Ca("the policy names no CA".to_owned()));
+        return Err(TrustError::NoCaSecret);
     };
     let where_ = store.describe(&r.key(mgmt));
     let data = match (store.read(&r.key(mgmt))?, &policy.root) {
         (Some(d), _) => d,
         (None, RootSource::SecretRef(_)) => {
-            return Err(TrustError::Ca(format!(
-                "mgmtServerCa.secretRef: secret {mgmt}/{}/{} not found in the store",
-                r.namespace, r.name
-            )));
+            return Err(TrustError::MissingSecret {
+                field: "mgmtServerCa.secretRef".to_owned(),
+                secret: r.key(mgmt).to_string(),
+            });
         }
         (None, RootSource::Generated { ttl_days }) => {
             let d = generate_root(policy, *ttl_days, &where_, now)?;
@@ -291,9 +272,7 @@ fn load_current(
             d
         }
         (None, RootSource::External(_)) => {
-            return Err(TrustError::Ca(
-                "an external signer has no secret".to_owned(),
-            ));
+            return Err(TrustError::NoCaSecret);
         }
     };
     ca_from_data(&data, &where_, now)
@@ -308,10 +287,10 @@ fn load_secret_ca(
 ) -> Result<PolicyCa, TrustError> {
     let where_ = store.describe(&r.key(mgmt));
     let Some(data) = store.read(&r.key(mgmt))? else {
-        return Err(TrustError::Ca(format!(
-            "{what}: secret {mgmt}/{}/{} not found in the store",
-            r.namespace, r.name
-        )));
+        return Err(TrustError::MissingSecret {
+            field: what.to_owned(),
+            secret: r.key(mgmt).to_string(),
+        });
     };
     ca_from_data(&data, &where_, now)
 }
@@ -324,10 +303,10 @@ fn passive_roots(
     let mut roots = Vec::new();
     for p in &policy.passive {
         let Some(d) = store.read(&p.key(mgmt))? else {
-            return Err(TrustError::Ca(format!(
-                "passiveCertificateAuthorities: secret {mgmt}/{}/{} not found",
-                p.namespace, p.name
-            )));
+            return Err(TrustError::MissingSecret {
+                field: "passiveCertificateAuthorities".to_owned(),
+                secret: p.key(mgmt).to_string(),
+            });
         };
         let bytes = d
             .get(ROOT_CERT)
@@ -981,11 +960,10 @@ pub fn start_root_rotation(
     now: OffsetDateTime,
 ) -> Result<RotationState, TrustError> {
     if let Some(s) = rotation::load(store, policy, mgmt)? {
-        return Err(TrustError::Ca(format!(
-            "a root rotation is already in progress (phase {}, started {})",
-            s.phase.label(),
-            s.started_at
-        )));
+        return Err(TrustError::RotationInProgress {
+            phase: s.phase.label(),
+            started: s.started_at,
+        });
     }
     let current = load_current(store, policy, mgmt, now)?;
     start_rotation_with(store, policy, mgmt, &current, next, "requested", now)
@@ -1023,22 +1001,17 @@ fn start_rotation_with(
             r
         }
         (RootSource::SecretRef(_), None) => {
-            return Err(TrustError::Ca(
-                "root rotation: a mgmtServerCa.secretRef root needs the secret of its successor (--to-secret, or config.rootRotation.nextSecretRef)".to_owned(),
-            ));
+            return Err(TrustError::NoSuccessor);
         }
         (RootSource::External(_), _) => {
-            return Err(TrustError::Ca(
-                "root rotation: the policy's CA is an external signer; its root is rotated by the signer's owner".to_owned(),
-            ));
+            return Err(TrustError::ExternalRoot);
         }
     };
     let next_ca = load_secret_ca(store, mgmt, &next_ref, "root rotation: the new root", now)?;
     if next_ca.root() == current.root() {
-        return Err(TrustError::Ca(format!(
-            "root rotation: secret {mgmt}/{}/{} holds the current root, not a new one",
-            next_ref.namespace, next_ref.name
-        )));
+        return Err(TrustError::NotANewRoot {
+            secret: next_ref.key(mgmt).to_string(),
+        });
     }
     check_lifetime(policy, next_ca.signer.cert())?;
     let state = RotationState {
@@ -1206,15 +1179,15 @@ pub fn plan_root_rotation(
         match report.rotation_due {
             Some(due) if due > at => at = due,
             _ => {
-                return Err(TrustError::Ca(format!(
-                    "root rotation plan: stuck in a phase at {} (a cluster does not take the new bundle)",
+                return Err(TrustError::PlanStuck(format!(
+                    "stuck in a phase at {} (a cluster does not take the new bundle)",
                     show_time(at)
                 )));
             }
         }
     }
-    Err(TrustError::Ca(
-        "root rotation plan: did not finish in 8 steps".to_owned(),
+    Err(TrustError::PlanStuck(
+        "did not finish in 8 steps".to_owned(),
     ))
 }
 

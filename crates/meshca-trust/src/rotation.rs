@@ -113,8 +113,11 @@ pub fn load(
         return Ok(None);
     };
     let where_ = store.describe(&key);
-    let state: PersistedState = serde_json::from_slice(bytes)
-        .map_err(|e| TrustError::Ca(format!("{where_}/{STATE_KEY}: not a rotation state: {e}")))?;
+    let state: PersistedState =
+        serde_json::from_slice(bytes).map_err(|e| TrustError::BadRotationState {
+            secret: format!("{where_}/{STATE_KEY}"),
+            reason: e.to_string(),
+        })?;
     Ok(state.rotation)
 }
 
@@ -138,7 +141,7 @@ pub fn save(
         last_finished: finished.map(str::to_owned).or(previous_finish),
     };
     let json = serde_json::to_vec_pretty(&persisted)
-        .map_err(|e| TrustError::Ca(format!("encoding the rotation state: {e}")))?;
+        .map_err(|e| TrustError::EncodeRotationState(e.to_string()))?;
     let mut data = SecretData::new();
     data.insert(STATE_KEY.to_owned(), json);
     store.write(&key, &data, &expect)?;
@@ -174,8 +177,11 @@ pub fn stamp(t: OffsetDateTime) -> String {
 
 /// Reads an RFC 3339 stamp back.
 pub fn parse_stamp(s: &str, field: &str) -> Result<OffsetDateTime, TrustError> {
-    OffsetDateTime::parse(s, &Rfc3339)
-        .map_err(|e| TrustError::Ca(format!("rotation state {field} {s:?}: {e}")))
+    OffsetDateTime::parse(s, &Rfc3339).map_err(|e| TrustError::BadStamp {
+        field: field.to_owned(),
+        value: s.to_owned(),
+        reason: e.to_string(),
+    })
 }
 
 /// How long to wait once a phase has settled: the longest workload certificate lifetime, so

@@ -67,14 +67,16 @@ pub(crate) fn connect_external(
         None => None,
         Some(r) => {
             let where_ = store.describe(&r.key(mgmt));
-            let data = store.read(&r.key(mgmt))?.ok_or_else(|| {
-                TrustError::Ca(format!(
-                    "externalSigner.cfssl.authKeySecretRef: secret {mgmt}/{}/{} not found in the store",
-                    r.namespace, r.name
-                ))
-            })?;
-            let key = data.get(AUTH_KEY).ok_or_else(|| {
-                TrustError::Ca(format!("{where_}: no {AUTH_KEY} key (the hex auth key)"))
+            let data = store
+                .read(&r.key(mgmt))?
+                .ok_or_else(|| TrustError::MissingSecret {
+                    field: "externalSigner.cfssl.authKeySecretRef".to_owned(),
+                    secret: r.key(mgmt).to_string(),
+                })?;
+            let key = data.get(AUTH_KEY).ok_or_else(|| TrustError::MissingKey {
+                secret: where_.clone(),
+                key: AUTH_KEY,
+                what: "the hex auth key",
             })?;
             Some(String::from_utf8_lossy(key).trim().to_owned())
         }
@@ -93,22 +95,21 @@ pub(crate) fn connect_external(
     let (chain, roots) = match &ext.roots {
         None => {
             if cert.check_signed_by(&cert).is_err() {
-                return Err(TrustError::Ca(format!(
-                    "{}: its certificate {} is not a root; name the roots it chains to in externalSigner.cfssl.rootsSecretRef",
-                    signer.name(),
-                    cert.subject()
-                )));
+                return Err(TrustError::SignerNotRoot {
+                    signer: signer.name().to_owned(),
+                    subject: cert.subject().to_owned(),
+                });
             }
             (Vec::new(), vec![cert.clone()])
         }
         Some(r) => {
             let where_ = store.describe(&r.key(mgmt));
-            let data = store.read(&r.key(mgmt))?.ok_or_else(|| {
-                TrustError::Ca(format!(
-                    "externalSigner.cfssl.rootsSecretRef: secret {mgmt}/{}/{} not found in the store",
-                    r.namespace, r.name
-                ))
-            })?;
+            let data = store
+                .read(&r.key(mgmt))?
+                .ok_or_else(|| TrustError::MissingSecret {
+                    field: "externalSigner.cfssl.rootsSecretRef".to_owned(),
+                    secret: r.key(mgmt).to_string(),
+                })?;
             let roots = Certificate::all_from_pem(
                 data.get(ROOT_CERT).map(Vec::as_slice).unwrap_or_default(),
                 &format!("{where_}/{ROOT_CERT}"),

@@ -154,8 +154,8 @@ impl Simulation {
         start: OffsetDateTime,
     ) -> Result<Self, TrustError> {
         if matches!(policy.root, RootSource::External(_)) {
-            return Err(TrustError::Ca(
-                "simulate: a policy with an external signer cannot be simulated (the signer holds the root key)".to_owned(),
+            return Err(TrustError::CannotSimulate(
+                "a policy with an external signer cannot be simulated (the signer holds the root key)",
             ));
         }
         let mut policy = policy.clone();
@@ -250,9 +250,7 @@ impl Simulation {
             reconcile::reconcile_with(&self.cache, &self.store, &self.policy, MGMT, &[], &[], at);
         let result = match result {
             // Killed in the middle: whatever the reconcile went on to report, the process died.
-            Ok(_) if self.store.is_dead() => Err(TrustError::Ca(
-                "the manager was killed in the middle of a reconcile".to_owned(),
-            )),
+            Ok(_) if self.store.is_dead() => Err(TrustError::Killed),
             r => r,
         };
         if result.is_err() {
@@ -339,9 +337,7 @@ impl Simulation {
     /// What the phased rotation exists to avoid.
     fn swap_root_at_once(&mut self, at: OffsetDateTime) -> Result<(), TrustError> {
         let Some(r) = reconcile::root_secret(&self.policy) else {
-            return Err(TrustError::Ca(
-                "an external signer's root cannot be swapped".to_owned(),
-            ));
+            return Err(TrustError::ExternalRoot);
         };
         let root = reconcile::generate_root(&self.policy, 3650, "swapped root", at)?;
         self.store.inner().put(&r.key(MGMT), root);

@@ -8,7 +8,7 @@ use std::time::Duration as StdDuration;
 
 use meshca_store::SecretStore;
 use meshca_trust::policy::SecretRef;
-use meshca_trust::reconcile::{PlanStep, plan_root_rotation, store_fingerprint};
+use meshca_trust::reconcile::{PlanStep, plan_root_rotation};
 use meshca_trust::simulate::{SimConfig, simulate};
 use meshca_trust::{FolderStore, Outcome, Report, TrustPolicy};
 use time::OffsetDateTime;
@@ -503,15 +503,15 @@ fn simulate_cmd(
     })
 }
 
-/// `trust run`: reconcile, then sleep until something falls due, the resync timer fires, the
-/// store or the policy file changes, or a stop signal comes. A reconcile in progress is never
-/// cut off: a stop waits for it, so every secret is either written whole or not at all. A
-/// cluster that failed is tried again after a backoff that doubles from 1 s to 60 s.
+/// `trust run`: the library's manager ([`meshca_trust::manager`]) on the system clock, printing
+/// what it does, until SIGINT or SIGTERM (seen between reconciles: a reconcile in progress is
+/// never cut off).
 fn run_loop(r: &RunArgs) -> anyhow::Result<ExitCode> {
-    let (mut policy, store) = load(&r.common)?;
+    use meshca_trust::manager::{Event, Manager, ManagerConfig, SystemClock};
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let (policy, store) = load(&r.common)?;
     let args = &r.common.store;
     let mgmt = args.mgmt_cluster.clone();
-    let only = args.only();
     let poll = match (r.poll, &store) {
         (Some(p), _) => to_std(p),
         (None, Store::Kube(_)) => StdDuration::from_millis(200),
@@ -521,113 +521,104 @@ fn run_loop(r: &RunArgs) -> anyhow::Result<ExitCode> {
     if let Store::Kube(k) = &store {
         watch_policy_secrets(k, &policy, &mgmt)?;
     }
-    let store = std::sync::Arc::new(store);
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    let resync = to_std(r.resync).max(StdDuration::from_secs(1));
-    rt.block_on(async move {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-        let mut policy_text = std::fs::read(&r.common.policy).unwrap_or_default();
-        // Bundles verified by one reconcile and found unchanged by the next are not verified again.
-        let cache = std::sync::Arc::new(meshca_trust::BundleCache::new());
-        let mut backoff = StdDuration::ZERO;
-        // Store calls may block on the network: they run off this thread.
-        let fingerprint = |policy: &TrustPolicy| {
-            let (s, p, m) = (std::sync::Arc::clone(&store), policy.clone(), mgmt.clone());
-            tokio::task::spawn_blocking(move || store_fingerprint(s.as_dyn(), &p, &m).unwrap_or_default())
-        };
-        loop {
-            let seen = fingerprint(&policy).await?;
-            let now = OffsetDateTime::now_utc();
-            let (wake, failed) = {
-                let (s, p, m, o) = (std::sync::Arc::clone(&store), policy.clone(), mgmt.clone(), only.clone());
-                let c = std::sync::Arc::clone(&cache);
-                let result = tokio::task::spawn_blocking(move || {
-                    meshca_trust::reconcile_with(&c, s.as_dyn(), &p, &m, &o, &[], now)
-                })
-                .await?;
-                let mut stdout = std::io::stdout().lock();
-                match result {
-                    Ok(report) => {
-                        let changed: Vec<_> = report
-                            .clusters
-                            .iter()
-                            .filter(|(_, o)| *o != Outcome::Fresh)
-                            .cloned()
-                            .collect();
-                        print_report(
-                            &mut stdout,
-                            &Report {
-                                clusters: changed,
-                                ..report.clone()
-                            },
-                        )?;
-                        let fresh = report.clusters.iter().filter(|(_, o)| *o == Outcome::Fresh).count();
-                        let failed = report.clusters.iter().filter(|(_, o)| !o.is_ok()).count();
-                        writeln!(
-                            stdout,
-                            "reconciled at {}: {} cluster(s) fresh{}; next check {}",
-                            meshca_pki::error::show_time(now),
-                            fresh,
-                            if failed > 0 { format!(", {failed} failed") } else { String::new() },
-                            report
-                                .next_check
-                                .map(meshca_pki::error::show_time)
-                                .unwrap_or_else(|| "on the resync timer".into())
-                        )?;
-                        (report.next_check, failed > 0)
-                    }
-                    Err(e) => {
-                        writeln!(stdout, "meshca: error: {e}")?;
-                        (None, true)
+    let stop = std::sync::Arc::new(AtomicBool::new(false));
+    {
+        let stop = std::sync::Arc::clone(&stop);
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        std::thread::spawn(move || {
+            rt.block_on(async {
+                let term =
+                    tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate());
+                match term {
+                    Ok(mut term) => tokio::select! {
+                        _ = tokio::signal::ctrl_c() => {},
+                        _ = term.recv() => {},
+                    },
+                    Err(_) => {
+                        let _ = tokio::signal::ctrl_c().await;
                     }
                 }
-            };
-            stdout_flush();
-            backoff = if failed {
-                (backoff * 2).clamp(StdDuration::from_secs(1), StdDuration::from_secs(60))
-            } else {
-                StdDuration::ZERO
-            };
-            let mut wait = wake
-                .map(|w| to_std(w - OffsetDateTime::now_utc()))
-                .unwrap_or(resync)
-                .min(resync);
-            if failed {
-                wait = wait.min(backoff);
-            }
-            let deadline = tokio::time::Instant::now() + wait;
-            // Wait for a reason to reconcile again.
-            loop {
-                tokio::select! {
-                    _ = tokio::signal::ctrl_c() => return stopped(),
-                    _ = term.recv() => return stopped(),
-                    _ = tokio::time::sleep_until(deadline) => break,
-                    _ = tokio::time::sleep(poll) => {
-                        let text = std::fs::read(&r.common.policy).unwrap_or_default();
-                        if text != policy_text {
-                            policy_text = text;
-                            match read_policy(&r.common.policy) {
-                                Ok(p) => {
-                                    println!("policy changed: reloaded");
-                                    if let Store::Kube(k) = store.as_ref() {
-                                        watch_policy_secrets(k, &p, &mgmt)?;
-                                    }
-                                    policy = p;
-                                    break;
-                                }
-                                Err(e) => println!("meshca: error: policy not reloaded, keeping the last good one: {e}"),
-                            }
-                        }
-                        if fingerprint(&policy).await? != seen {
-                            break;
-                        }
-                    }
-                }
+            });
+            stop.store(true, Ordering::SeqCst);
+        });
+    }
+    let cfg = ManagerConfig {
+        mgmt: mgmt.clone(),
+        only: args.only(),
+        resync: r.resync.max(time::Duration::SECOND),
+        poll,
+    };
+    let mut manager = Manager::new(store.as_dyn(), &SystemClock, &r.common.policy, cfg)?;
+    let mut failure: Option<anyhow::Error> = None;
+    manager.run(&stop, &mut |e| {
+        let printed = print_event(e);
+        if let (Event::PolicyReloaded, Store::Kube(k)) = (e, &store) {
+            // The new policy may name secrets in other namespaces: watch them too.
+            let watched =
+                read_policy(&r.common.policy).and_then(|p| watch_policy_secrets(k, &p, &mgmt));
+            if let Err(e) = watched {
+                println!("meshca: error: {e}");
             }
         }
-    })
+        if let Err(e) = printed {
+            // stdout is gone: nobody is listening; stop.
+            failure.get_or_insert(e.into());
+            stop.store(true, Ordering::SeqCst);
+        }
+        stdout_flush();
+    });
+    match failure {
+        Some(e) => Err(e),
+        None => stopped(),
+    }
+}
+
+fn print_event(e: &meshca_trust::manager::Event) -> std::io::Result<()> {
+    use meshca_trust::manager::Event;
+    let mut stdout = std::io::stdout().lock();
+    match e {
+        Event::Reconciled { at, report, next } => {
+            let changed: Vec<_> = report
+                .clusters
+                .iter()
+                .filter(|(_, o)| *o != Outcome::Fresh)
+                .cloned()
+                .collect();
+            print_report(
+                &mut stdout,
+                &Report {
+                    clusters: changed,
+                    ..report.clone()
+                },
+            )?;
+            let fresh = report
+                .clusters
+                .iter()
+                .filter(|(_, o)| *o == Outcome::Fresh)
+                .count();
+            let failed = report.clusters.iter().filter(|(_, o)| !o.is_ok()).count();
+            writeln!(
+                stdout,
+                "reconciled at {}: {} cluster(s) fresh{}; next check {}",
+                meshca_pki::error::show_time(*at),
+                fresh,
+                if failed > 0 {
+                    format!(", {failed} failed")
+                } else {
+                    String::new()
+                },
+                meshca_pki::error::show_time(*next)
+            )
+        }
+        Event::Failed { error, .. } => writeln!(stdout, "meshca: error: {error}"),
+        Event::PolicyReloaded => writeln!(stdout, "policy changed: reloaded"),
+        Event::PolicyRefused(e) => writeln!(
+            stdout,
+            "meshca: error: policy not reloaded, keeping the last good one: {e}"
+        ),
+    }
 }
 
 /// Watches what a reconcile under `policy` reads: `istio-system` in every workload cluster and
