@@ -1,0 +1,143 @@
+//! What `meshca trust status` shows: each cluster's bundle and the root rotation's progress.
+
+use super::*;
+
+/// A cluster's state, for `meshca trust status`.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct ClusterStatus {
+    /// The cluster.
+    pub cluster: String,
+    /// Intermediate serial, hex.
+    pub serial: Option<String>,
+    /// Intermediate notAfter.
+    pub not_after: Option<String>,
+    /// When it will be renewed.
+    pub next_renewal: Option<String>,
+    /// Where this cluster is in a root rotation, if one is in progress.
+    pub rotation: Option<String>,
+    /// Problems found; empty when healthy.
+    pub problems: Vec<String>,
+}
+
+/// The whole picture, for `meshca trust status`.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct Status {
+    /// The root rotation in progress, if any.
+    pub rotation: Option<RotationStatus>,
+    /// Per cluster.
+    pub clusters: Vec<ClusterStatus>,
+}
+
+/// A root rotation's progress.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct RotationStatus {
+    /// "1/3 add-root" and so on.
+    pub phase: String,
+    /// What the phase does.
+    pub doing: String,
+    /// When the rotation started.
+    pub started_at: String,
+    /// When the store was seen to have finished the phase's writes.
+    pub settled_at: Option<String>,
+    /// SHA-256 of the root being replaced.
+    pub old_root: String,
+    /// SHA-256 of the new root.
+    pub new_root: String,
+}
+
+/// Each cluster's state under `policy`, and the root rotation's.
+pub fn status(
+    store: &dyn SecretStore,
+    policy: &TrustPolicy,
+    mgmt: &str,
+    only: &[String],
+    now: OffsetDateTime,
+) -> Result<Status, TrustError> {
+    let state = rotation::load(store, policy, mgmt)?;
+    let current = match root_secret(policy) {
+        Some(r) => match store.read(&r.key(mgmt))? {
+            Some(d) => ca_from_data(&d, &store.describe(&r.key(mgmt)), now).ok(),
+            None => None,
+        },
+        None => load_current(store, policy, mgmt, now).ok(),
+    };
+    let next = state
+        .as_ref()
+        .and_then(|s| load_secret_ca(store, mgmt, &s.next_secret, "the new root", now).ok());
+    let passive = passive_roots(store, policy, mgmt).unwrap_or_default();
+    let t = current
+        .as_ref()
+        .map(|c| target(c, next.as_ref(), state.as_ref().map(|s| s.phase), &passive));
+    let mut out = Vec::new();
+    // Each bundle is loaded once for the three questions asked of it.
+    let cache = BundleCache::new();
+    let none = Records::none();
+    let known = Known {
+        cache: &cache,
+        records: &none,
+    };
+    for cluster in clusters(store, policy, mgmt, only)? {
+        let mut st = ClusterStatus {
+            cluster: cluster.clone(),
+            serial: None,
+            not_after: None,
+            next_renewal: None,
+            rotation: None,
+            problems: Vec::new(),
+        };
+        let data = store.read(&cacerts_key(&cluster))?;
+        if let (Some(s), Some(t)) = (&state, &t) {
+            let done = matches_target(data.as_ref(), t, &cluster, now, known);
+            st.rotation = Some(format!(
+                "{}: {}",
+                s.phase.label(),
+                if done { "done" } else { "pending" }
+            ));
+        }
+        match data {
+            None => st.problems.push("no cacerts yet".into()),
+            Some(data) => match cache.load(
+                &data,
+                &format!("{cluster}/{ISTIO_NAMESPACE}/{CACERTS}"),
+                now,
+            ) {
+                Err(e) => st.problems.push(e.to_string()),
+                Ok(b) => {
+                    let c = b.signer().cert();
+                    st.serial = Some(hex_colons(c.x509().raw_serial()));
+                    st.not_after = Some(show_time(c.not_after()));
+                    st.next_renewal = Some(show_time(renew_at(
+                        c.not_before(),
+                        c.not_after(),
+                        policy.grace_ratio,
+                    )));
+                    match &t {
+                        None => st.problems.push("the policy's CA cannot be loaded".into()),
+                        Some(t) => match classify(Some(&data), t, policy, &cluster, now, known) {
+                            Need::Fresh(_) => {}
+                            Need::Roots => st
+                                .problems
+                                .push("root bundle differs from the policy's".into()),
+                            Need::Reissue(reason) => {
+                                st.problems.push(format!("due for rotation: {reason}"))
+                            }
+                        },
+                    }
+                }
+            },
+        }
+        out.push(st);
+    }
+    let rotation = state.map(|s| RotationStatus {
+        phase: s.phase.label().to_owned(),
+        doing: s.phase.describe().to_owned(),
+        started_at: s.started_at,
+        settled_at: s.settled_at,
+        old_root: s.old_root,
+        new_root: s.new_root,
+    });
+    Ok(Status {
+        rotation,
+        clusters: out,
+    })
+}
