@@ -110,6 +110,19 @@ impl Drop for KubeStore {
     }
 }
 
+/// The store's own runtime: two threads for the clients' connections and the watches.
+fn runtime() -> Result<tokio::runtime::Runtime, KubeError> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("meshca-kube")
+        .enable_all()
+        .build()
+        .map_err(|e| KubeError::Config {
+            what: "the Kubernetes client's runtime".to_owned(),
+            reason: e.to_string(),
+        })
+}
+
 /// One line for a client error: the HTTP status and the API server's message, or what failed on
 /// the way there.
 pub(crate) fn describe_error(e: &kube::Error) -> String {
@@ -193,15 +206,7 @@ impl KubeStore {
     /// Connects to the clusters the sources name (reading the management cluster's remote
     /// secrets if asked). Nothing else is requested until the store is used.
     pub fn connect(sources: &ClusterSources, opts: KubeOptions) -> Result<Self, KubeError> {
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .thread_name("meshca-kube")
-            .enable_all()
-            .build()
-            .map_err(|e| KubeError::Config {
-                what: "the Kubernetes client's runtime".to_owned(),
-                reason: e.to_string(),
-            })?;
+        let rt = runtime()?;
         let configs = rt.block_on(crate::clusters::resolve(sources, &opts.mgmt, opts.timeout))?;
         Self::from_configs(rt, configs, opts)
     }
@@ -211,15 +216,7 @@ impl KubeStore {
         configs: Vec<ClusterConfig>,
         opts: KubeOptions,
     ) -> Result<Self, KubeError> {
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .thread_name("meshca-kube")
-            .enable_all()
-            .build()
-            .map_err(|e| KubeError::Config {
-                what: "the Kubernetes client's runtime".to_owned(),
-                reason: e.to_string(),
-            })?;
+        let rt = runtime()?;
         Self::from_configs(rt, configs, opts)
     }
 

@@ -146,17 +146,33 @@ fn writes_name_the_version_they_read() {
     );
 }
 
-/// A store that lets another writer in just before the first write of one secret, and records
-/// what each of the real store's writes answered.
-struct Meddler<'a> {
+/// The real store, with something done just before each write (another writer slipping in, an
+/// API server killed) and what each write answered recorded.
+struct BeforeWrite<'a> {
     inner: &'a KubeStore,
-    cp: &'a ControlPlane,
-    target: SecretKey,
-    meddled: AtomicBool,
-    answers: Mutex<Vec<Result<Version, String>>>,
+    hook: Box<dyn Fn(&SecretKey) + Send + Sync + 'a>,
+    answers: Mutex<Vec<(SecretKey, Result<Version, String>)>>,
 }
 
-impl SecretStore for Meddler<'_> {
+impl<'a> BeforeWrite<'a> {
+    fn new(inner: &'a KubeStore, hook: impl Fn(&SecretKey) + Send + Sync + 'a) -> Self {
+        BeforeWrite {
+            inner,
+            hook: Box::new(hook),
+            answers: Mutex::new(Vec::new()),
+        }
+    }
+
+    fn answers_for(&self, key: &SecretKey) -> Vec<Result<Version, String>> {
+        let a = self.answers.lock().unwrap();
+        a.iter()
+            .filter(|(k, _)| k == key)
+            .map(|(_, r)| r.clone())
+            .collect()
+    }
+}
+
+impl SecretStore for BeforeWrite<'_> {
     fn clusters(&self) -> Result<Vec<String>, StoreError> {
         self.inner.clusters()
     }
@@ -169,26 +185,10 @@ impl SecretStore for Meddler<'_> {
         data: &SecretData,
         expect: &Expect,
     ) -> Result<Version, StoreError> {
-        if key == &self.target && !self.meddled.swap(true, Ordering::SeqCst) {
-            self.cp.kubectl_ok([
-                "--context",
-                &key.cluster,
-                "-n",
-                &key.namespace,
-                "patch",
-                "secret",
-                &key.name,
-                "-p",
-                r#"{"data":{"root-cert.pem":"am9uaw=="}}"#,
-            ]);
-        }
+        (self.hook)(key);
         let r = self.inner.write(key, data, expect);
-        if key == &self.target {
-            self.answers
-                .lock()
-                .unwrap()
-                .push(r.as_ref().map(Clone::clone).map_err(ToString::to_string));
-        }
+        let answer = r.as_ref().map(Clone::clone).map_err(ToString::to_string);
+        self.answers.lock().unwrap().push((key.clone(), answer));
         r
     }
 }
@@ -204,13 +204,24 @@ fn a_writer_between_read_and_write_is_detected_and_the_cluster_replanned() {
         r.clusters.iter().all(|(_, o)| *o == Outcome::Created),
         "{r:?}"
     );
-    let m = Meddler {
-        inner: &s,
-        cp: &cp,
-        target: cacerts_key("cluster1"),
-        meddled: AtomicBool::new(false),
-        answers: Mutex::new(Vec::new()),
-    };
+    // Another writer edits cluster1's cacerts just before meshca's first write to it.
+    let target = cacerts_key("cluster1");
+    let meddled = AtomicBool::new(false);
+    let m = BeforeWrite::new(&s, |key| {
+        if key == &target && !meddled.swap(true, Ordering::SeqCst) {
+            cp.kubectl_ok([
+                "--context",
+                &key.cluster,
+                "-n",
+                &key.namespace,
+                "patch",
+                "secret",
+                &key.name,
+                "-p",
+                r#"{"data":{"root-cert.pem":"am9uaw=="}}"#,
+            ]);
+        }
+    });
     let r = reconcile(&m, &p, "mgmt", &[], &["*".into()], now).unwrap();
     assert!(
         r.clusters
@@ -218,7 +229,7 @@ fn a_writer_between_read_and_write_is_detected_and_the_cluster_replanned() {
             .all(|(_, o)| matches!(o, Outcome::Rotated(_))),
         "{r:?}"
     );
-    let answers = m.answers.lock().unwrap().clone();
+    let answers = m.answers_for(&target);
     assert_eq!(answers.len(), 2, "{answers:?}");
     assert!(
         answers[0]
@@ -389,36 +400,6 @@ fn the_manager_on_a_fake_clock_rotates_over_real_api_servers_and_no_bundle_is_ev
     assert!(s.watches_synced());
 }
 
-/// A store that SIGKILLs one cluster's API server just before writing to it.
-struct Killer<'a> {
-    inner: &'a KubeStore,
-    cp: &'a Mutex<ControlPlane>,
-    victim: &'static str,
-}
-
-impl SecretStore for Killer<'_> {
-    fn clusters(&self) -> Result<Vec<String>, StoreError> {
-        self.inner.clusters()
-    }
-    fn get(&self, key: &SecretKey) -> Result<Option<Secret>, StoreError> {
-        self.inner.get(key)
-    }
-    fn write(
-        &self,
-        key: &SecretKey,
-        data: &SecretData,
-        expect: &Expect,
-    ) -> Result<Version, StoreError> {
-        if key.cluster == self.victim {
-            let mut cp = self.cp.lock().unwrap();
-            if cp.is_running(self.victim) {
-                cp.kill(self.victim);
-            }
-        }
-        self.inner.write(key, data, expect)
-    }
-}
-
 #[test]
 fn an_api_server_killed_mid_reconcile_is_reported_and_converges_after_restart() {
     let cp = Mutex::new(control_plane());
@@ -427,11 +408,13 @@ fn an_api_server_killed_mid_reconcile_is_reported_and_converges_after_restart() 
     let now = start();
     reconcile(&s, &p, "mgmt", &[], &[], now).unwrap();
     let before = s.get(&cacerts_key("cluster2")).unwrap().unwrap();
-    let k = Killer {
-        inner: &s,
-        cp: &cp,
-        victim: "cluster2",
-    };
+    // cluster2's API server is SIGKILLed just before meshca writes to it.
+    let k = BeforeWrite::new(&s, |key| {
+        let mut cp = cp.lock().unwrap();
+        if key.cluster == "cluster2" && cp.is_running("cluster2") {
+            cp.kill("cluster2");
+        }
+    });
     let started = std::time::Instant::now();
     let r = reconcile(&k, &p, "mgmt", &[], &["*".into()], now).unwrap();
     assert!(

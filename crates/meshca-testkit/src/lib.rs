@@ -13,6 +13,24 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+/// Seed 001's RootTrustPolicy as the seed writes it: a secretRef root
+/// (`my-root-trust-policy.gloo-mesh` in `gloo-mesh`), one-day intermediates renewed at 10% left.
+pub const SEED_001_POLICY: &str = "apiVersion: admin.gloo.solo.io/v2
+kind: RootTrustPolicy
+metadata:
+  name: root-trust-policy
+  namespace: gloo-mesh
+spec:
+  config:
+    intermediateCertOptions:
+      secretRotationGracePeriodRatio: 0.1
+      ttlDays: 1
+    mgmtServerCa:
+      secretRef:
+        name: my-root-trust-policy.gloo-mesh
+        namespace: gloo-mesh
+";
+
 /// The output of a finished command, with text helpers.
 #[derive(Debug)]
 pub struct Run {

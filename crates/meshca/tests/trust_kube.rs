@@ -15,21 +15,7 @@ use meshca_testkit::{openssl, run_in};
 
 const MESHCA: &str = env!("CARGO_BIN_EXE_meshca");
 
-const SEED_POLICY: &str = "apiVersion: admin.gloo.solo.io/v2
-kind: RootTrustPolicy
-metadata:
-  name: root-trust-policy
-  namespace: gloo-mesh
-spec:
-  config:
-    intermediateCertOptions:
-      secretRotationGracePeriodRatio: 0.1
-      ttlDays: 1
-    mgmtServerCa:
-      secretRef:
-        name: my-root-trust-policy.gloo-mesh
-        namespace: gloo-mesh
-";
+use meshca_testkit::SEED_001_POLICY as SEED_POLICY;
 
 /// A shell with the seed's environment: the contexts, and the built kubectl first on the PATH.
 fn seed_shell(cp: &ControlPlane, dir: &Path, script: &str) -> meshca_testkit::Run {

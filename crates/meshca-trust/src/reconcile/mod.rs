@@ -48,6 +48,7 @@ mod plan;
 mod status;
 
 pub(crate) use ca::*;
+pub use ca::secrets_of;
 use judge::*;
 use pass::*;
 pub(crate) use plan::start_rotation_with;
