@@ -19,7 +19,7 @@ use meshca_ca::{
     CaSource, Running, ServeConfig, ServeError, SystemClock, TokenReviewClusters, TokenReviewConfig,
 };
 use meshca_pki::{Certificate, KeyType, PrivateKey, TrustDomain, make_csr_pem};
-use meshca_testkit::{fixtures, openssl, x509_text};
+use meshca_testkit::{istio_samples, openssl, x509_text};
 use meshca_token::{Jwks, ServiceAccountClaims, SigningKey};
 use tonic::transport::{Channel, ClientTlsConfig, Identity};
 use tonic::{Code, Request, Status};
@@ -172,7 +172,7 @@ async fn start_on(cacerts: &Path, jwt: &Jwt, edit: impl FnOnce(&mut ServeConfig)
 
 fn copy_samples(dir: &Path, alt: bool) {
     std::fs::create_dir_all(dir).unwrap();
-    let s = fixtures().join("istio-samples");
+    let s = istio_samples();
     for f in ["ca-cert", "ca-key", "cert-chain", "root-cert"] {
         let from = if alt {
             format!("{f}-alt.pem")

@@ -1,6 +1,6 @@
 //! Test support shared by meshca's integration tests: running the real `openssl` CLI as an
-//! independent checker, snapshots of folders to prove that a failed run changed nothing, the
-//! path of the shared fixtures, and ([`kube`]) a real Kubernetes control plane on loopback.
+//! independent checker, snapshots of folders to prove that a failed run changed nothing, Istio's
+//! sample certificates from its Go module, and ([`kube`]) a real Kubernetes control plane on loopback.
 
 #![forbid(unsafe_code)]
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -138,17 +138,40 @@ pub fn mode(path: &Path) -> u32 {
         & 0o777
 }
 
-/// The shared fixtures folder (`../shared/fixtures` beside the project).
-pub fn fixtures() -> PathBuf {
-    let here = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let mut dir = here.to_owned();
-    while dir.pop() {
-        let candidate = dir.join("shared/fixtures");
-        if candidate.is_dir() {
-            return candidate;
-        }
-    }
-    panic!("shared/fixtures not found above {}", here.display());
+/// The `istio.io/istio` module the tests take Istio's own files from (the same version the
+/// Istio peers are built from).
+pub const ISTIO_MODULE: &str = "istio.io/istio@v0.0.0-20260827124520-eed52ebb66ad";
+
+/// Istio's sample plug-in CA certificates (`samples/certs/` of [`ISTIO_MODULE`]: `ca-cert.pem`,
+/// `ca-key.pem`, `cert-chain.pem`, `root-cert.pem` and their `-alt` set), from Go's module cache,
+/// downloaded through the Go module proxy the first time on a machine. Read-only.
+pub fn istio_samples() -> PathBuf {
+    static DIR: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    DIR.get_or_init(|| {
+        // Outside any module, so that no go.mod around decides what is downloaded.
+        let scratch = std::env::temp_dir();
+        let out = Command::new("go")
+            .args(["mod", "download", "-json", ISTIO_MODULE])
+            .current_dir(&scratch)
+            .env("GOFLAGS", "-mod=mod")
+            .output()
+            .expect("go runs (Go is needed to fetch Istio's sample certificates)");
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "go mod download {ISTIO_MODULE} failed:\n{text}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let dir = text
+            .lines()
+            .find_map(|l| l.trim().strip_prefix("\"Dir\": \""))
+            .and_then(|l| l.strip_suffix("\","))
+            .unwrap_or_else(|| panic!("no Dir in go mod download's answer:\n{text}"));
+        let certs = Path::new(dir).join("samples/certs");
+        assert!(certs.join("ca-cert.pem").is_file(), "{}", certs.display());
+        certs
+    })
+    .clone()
 }
 
 /// The PEM blocks of a file, each as text.

@@ -6,7 +6,7 @@ use std::fs;
 use std::path::Path;
 
 use base64::Engine;
-use meshca_testkit::{fixtures, openssl, run_in};
+use meshca_testkit::{istio_samples, openssl, run_in};
 
 const MESHCA: &str = env!("CARGO_BIN_EXE_meshca");
 const FAST: &[(&str, &str)] = &[
@@ -112,7 +112,7 @@ fn the_secret_holds_the_folders_files_byte_for_byte() {
 
 #[test]
 fn istios_sample_certificates_make_a_valid_secret() {
-    let samples = fixtures().join("istio-samples");
+    let samples = istio_samples();
     let t = tempfile::tempdir().unwrap();
     // Set one (PKCS#1 key, chain without the root) as it is.
     let out = meshca(
