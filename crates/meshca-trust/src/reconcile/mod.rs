@@ -47,8 +47,8 @@ mod pass;
 mod plan;
 mod status;
 
-pub(crate) use ca::*;
 pub use ca::secrets_of;
+pub(crate) use ca::*;
 use judge::*;
 use pass::*;
 pub(crate) use plan::start_rotation_with;
