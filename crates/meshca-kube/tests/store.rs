@@ -18,22 +18,7 @@ use meshca_trust::reconcile::cacerts_key;
 use meshca_trust::{Outcome, TrustPolicy, reconcile, start_root_rotation};
 use time::{Duration, OffsetDateTime};
 
-/// A generated root (made by meshca in the management cluster), 30-day intermediates.
-const POLICY: &str = "apiVersion: trust.meshca/v1alpha1
-kind: RootTrustPolicy
-metadata:
-  name: mesh
-  namespace: gloo-mesh
-spec:
-  config:
-    mgmtServerCa:
-      generated:
-        ttlDays: 365
-    intermediateCertOptions:
-      ttlDays: 30
-      secretRotationGracePeriodRatio: 0.1
-      keyType: ecdsa-p256
-";
+use meshca_testkit::GENERATED_ROOT_POLICY as POLICY;
 
 const CLUSTERS: [&str; 2] = ["cluster1", "cluster2"];
 

@@ -31,6 +31,24 @@ spec:
         namespace: gloo-mesh
 ";
 
+/// A policy with a root meshca generates and keeps in the management cluster (a year), and
+/// 30-day ECDSA intermediates renewed at 10% left: quick to issue, far from any edge.
+pub const GENERATED_ROOT_POLICY: &str = "apiVersion: trust.meshca/v1alpha1
+kind: RootTrustPolicy
+metadata:
+  name: mesh
+  namespace: gloo-mesh
+spec:
+  config:
+    mgmtServerCa:
+      generated:
+        ttlDays: 365
+    intermediateCertOptions:
+      ttlDays: 30
+      secretRotationGracePeriodRatio: 0.1
+      keyType: ecdsa-p256
+";
+
 /// The output of a finished command, with text helpers.
 #[derive(Debug)]
 pub struct Run {
@@ -49,6 +67,17 @@ impl Run {
             stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
             stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
         }
+    }
+
+    /// Panics with standard output unless it holds `text`.
+    pub fn says(&self, text: &str) -> &Self {
+        assert!(
+            self.stdout.contains(text),
+            "expected {text:?} in the output:\n{}{}",
+            self.stdout,
+            self.stderr
+        );
+        self
     }
 
     /// Panics with both streams unless the command succeeded.

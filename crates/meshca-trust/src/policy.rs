@@ -454,21 +454,7 @@ fn first_line(s: &str) -> String {
 mod tests {
     use super::*;
 
-    const SEED_001: &str = "apiVersion: admin.gloo.solo.io/v2
-kind: RootTrustPolicy
-metadata:
-  name: root-trust-policy
-  namespace: gloo-mesh
-spec:
-  config:
-    intermediateCertOptions:
-      secretRotationGracePeriodRatio: 0.1
-      ttlDays: 1
-    mgmtServerCa:
-      secretRef:
-        name: my-root-trust-policy.gloo-mesh
-        namespace: gloo-mesh
-";
+    use meshca_testkit::SEED_001_POLICY as SEED_001;
 
     #[test]
     fn the_seed_policy_is_accepted_as_written() {

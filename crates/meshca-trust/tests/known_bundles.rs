@@ -14,21 +14,7 @@ use meshca_trust::{
 };
 use time::{Duration, OffsetDateTime};
 
-const POLICY: &str = "apiVersion: trust.meshca/v1alpha1
-kind: RootTrustPolicy
-metadata:
-  name: mesh
-  namespace: gloo-mesh
-spec:
-  config:
-    mgmtServerCa:
-      generated:
-        ttlDays: 365
-    intermediateCertOptions:
-      ttlDays: 30
-      secretRotationGracePeriodRatio: 0.1
-      keyType: ecdsa-p256
-";
+use meshca_testkit::GENERATED_ROOT_POLICY as POLICY;
 
 const CLUSTERS: [&str; 4] = ["c1", "c2", "c3", "c4"];
 

@@ -33,22 +33,7 @@ spec:
       gracePeriodRatio: 0.2
 ";
 
-/// Seed 001's policy as written: a secretRef root, one-day intermediates.
-const SEED_001: &str = "apiVersion: admin.gloo.solo.io/v2
-kind: RootTrustPolicy
-metadata:
-  name: root-trust-policy
-  namespace: gloo-mesh
-spec:
-  config:
-    intermediateCertOptions:
-      secretRotationGracePeriodRatio: 0.1
-      ttlDays: 1
-    mgmtServerCa:
-      secretRef:
-        name: my-root-trust-policy.gloo-mesh
-        namespace: gloo-mesh
-";
+use meshca_testkit::SEED_001_POLICY as SEED_001;
 
 #[test]
 fn two_years_of_a_self_rotating_root_break_no_moment() {

@@ -180,7 +180,7 @@ fn check_cacerts(cp: &ControlPlane, dir: &Path, cluster: &str) {
         &format!("kubectl get secret cacerts -n istio-system --context {cluster}"),
     )
     .ok();
-    assert!(out.stdout.contains("cacerts"), "{}", out.stdout);
+    out.says("cacerts");
     let root = secret_field(
         cp,
         dir,
@@ -258,16 +258,8 @@ fn seed_001_as_written_on_real_api_servers() {
         &kube_args(&cp),
     )
     .ok();
-    assert!(
-        out.stdout.contains("cluster1: cacerts created"),
-        "{}",
-        out.stdout
-    );
-    assert!(
-        out.stdout.contains("cluster2: cacerts created"),
-        "{}",
-        out.stdout
-    );
+    out.says("cluster1: cacerts created");
+    out.says("cluster2: cacerts created");
     for c in ["cluster1", "cluster2"] {
         check_cacerts(&cp, d, c);
     }
@@ -290,11 +282,7 @@ fn seed_001_as_written_on_real_api_servers() {
         &kube_args(&cp),
     )
     .ok();
-    assert!(
-        out.stdout.contains("cluster1: fresh, nothing to do"),
-        "{}",
-        out.stdout
-    );
+    out.says("cluster1: fresh, nothing to do");
     for (i, c) in ["cluster1", "cluster2"].iter().enumerate() {
         assert_eq!(resource_version(&cp, c), rv[i]);
         assert_eq!(
@@ -319,11 +307,7 @@ fn seed_001_as_written_on_real_api_servers() {
         &kube_args(&cp),
     )
     .ok();
-    assert!(
-        out.stdout.contains("cluster2: intermediate rotated"),
-        "{}",
-        out.stdout
-    );
+    out.says("cluster2: intermediate rotated");
     for (i, c) in ["cluster1", "cluster2"].iter().enumerate() {
         assert_eq!(secret_writes(&cp, c) - writes[i], 1.0, "{c}: one write");
         check_cacerts(&cp, d, c);
@@ -346,29 +330,14 @@ fn foreign_secrets_missing_namespaces_and_unreachable_clusters_are_reported() {
     seed_root(&cp, d);
     // cluster2 has no istio-system: reported, cluster1 done all the same.
     let out = meshca(d, &["trust", "apply", "-f", "policy.yaml"], &kube_args(&cp)).failed();
-    assert!(
-        out.stdout.contains("cluster1: cacerts created"),
-        "{}",
-        out.stdout
-    );
-    assert!(
-        out.stdout
-            .contains("cluster2: FAILED: cluster cluster2 (https://127.0.0.1:")
-            && out.stdout.contains(
-                "namespace istio-system does not exist (create it, or pass --create-namespace)"
-            ),
-        "{}",
-        out.stdout
-    );
+    out.says("cluster1: cacerts created");
+    out.says("cluster2: FAILED: cluster cluster2 (https://127.0.0.1:")
+        .says("namespace istio-system does not exist (create it, or pass --create-namespace)");
     assert!(out.stderr.contains("1 cluster(s) failed"), "{}", out.stderr);
     let mut args = kube_args(&cp);
     args.push("--create-namespace".into());
     let out = meshca(d, &["trust", "apply", "-f", "policy.yaml"], &args).ok();
-    assert!(
-        out.stdout.contains("cluster2: cacerts created"),
-        "{}",
-        out.stdout
-    );
+    out.says("cluster2: cacerts created");
 
     // A cacerts made by hand (plugged-in certs, the seed 002 way) is left alone and reported.
     cp.kubectl_ok([
@@ -402,12 +371,8 @@ fn foreign_secrets_missing_namespaces_and_unreachable_clusters_are_reported() {
     .ok();
     let rv = resource_version(&cp, "cluster1");
     let out = meshca(d, &["trust", "apply", "-f", "policy.yaml"], &kube_args(&cp)).failed();
-    assert!(
-        out.stdout.contains("cluster1: FAILED: cluster1/istio-system/cacerts: not made by meshca (no label app.kubernetes.io/managed-by=meshca): left alone; --adopt lets meshca replace it"),
-        "{}",
-        out.stdout
-    );
-    assert!(out.stdout.contains("cluster2: fresh"), "{}", out.stdout);
+    out.says("cluster1: FAILED: cluster1/istio-system/cacerts: not made by meshca (no label app.kubernetes.io/managed-by=meshca): left alone; --adopt lets meshca replace it");
+    out.says("cluster2: fresh");
     assert_eq!(resource_version(&cp, "cluster1"), rv, "untouched");
     let mut args = kube_args(&cp);
     args.push("--adopt".into());
@@ -437,11 +402,7 @@ fn foreign_secrets_missing_namespaces_and_unreachable_clusters_are_reported() {
         "{:?}",
         started.elapsed()
     );
-    assert!(
-        out.stdout.contains("cluster1: intermediate rotated"),
-        "{}",
-        out.stdout
-    );
+    out.says("cluster1: intermediate rotated");
     assert!(
         out.stdout
             .contains("cluster2: FAILED: cluster cluster2 (https://127.0.0.1:"),
@@ -451,7 +412,7 @@ fn foreign_secrets_missing_namespaces_and_unreachable_clusters_are_reported() {
     check_cacerts(&cp, d, "cluster1");
     cp.restart("cluster2");
     let out = meshca(d, &["trust", "apply", "-f", "policy.yaml"], &kube_args(&cp)).ok();
-    assert!(out.stdout.contains("cluster2: fresh"), "{}", out.stdout);
+    out.says("cluster2: fresh");
     check_cacerts(&cp, d, "cluster2");
 
     // A kubeconfig context that does not exist: one clear line, before anything is done.
@@ -688,20 +649,12 @@ fn clusters_from_istio_remote_secrets() {
         &[],
     )
     .ok();
-    assert!(
-        out.stdout.contains("cluster1: cacerts created"),
-        "{}",
-        out.stdout
-    );
-    assert!(
-        out.stdout.contains("cluster2: cacerts created"),
-        "{}",
-        out.stdout
-    );
+    out.says("cluster1: cacerts created");
+    out.says("cluster2: cacerts created");
     for c in ["cluster1", "cluster2"] {
         check_cacerts(&cp, d, c);
     }
     // The same clusters by context: the same secrets, found fresh.
     let out = meshca(d, &["trust", "apply", "-f", "policy.yaml"], &kube_args(&cp)).ok();
-    assert!(out.stdout.contains("cluster1: fresh"), "{}", out.stdout);
+    out.says("cluster1: fresh");
 }
