@@ -3,7 +3,7 @@
 //! cluster (label `istio/multiCluster=true`, one kubeconfig per cluster in their data), so that a
 //! mesh already set up for multi-cluster Istio needs nothing more.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Secret;
@@ -196,4 +196,57 @@ async fn remote_secret_clusters(
     }
     out.sort_by(|a, b| a.name.cmp(&b.name));
     Ok(out)
+}
+
+/// A client for one API server: kube's TLS, credentials (token files and exec plugins re-read as
+/// kube does) and headers over a connector with `TCP_NODELAY`, with a pool of connections shared
+/// by its clones. kube's own connector leaves Nagle's algorithm on, which holds a request sent on
+/// a fresh connection behind the server's delayed ACK: about 40 ms a request (docs/BENCHMARKS.md).
+pub fn client(config: kube::Config) -> Result<kube::Client, kube::Error> {
+    use kube::client::ConfigExt as _;
+    // kube's rustls configuration takes the process's default provider: aws-lc-rs, the one
+    // provider in the binary.
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    let mut http = hyper_util::client::legacy::connect::HttpConnector::new();
+    http.enforce_http(false);
+    http.set_nodelay(true);
+    http.set_connect_timeout(config.connect_timeout);
+    let https = config.rustls_https_connector_with_connector(http)?;
+    let hyper: hyper_util::client::legacy::Client<_, kube::client::Body> =
+        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+            .build(https);
+    let service = tower::ServiceBuilder::new()
+        .layer(config.base_uri_layer())
+        .option_layer(config.auth_layer()?)
+        .layer(config.extra_headers_layer()?)
+        .map_err(tower::BoxError::from)
+        .service(hyper);
+    Ok(kube::Client::new(service, config.default_namespace.clone()))
+}
+
+/// The client configuration of one context of a kubeconfig file (`None`: `$KUBECONFIG` or
+/// `~/.kube/config`; context `None`: its current context), with the connect timeout the store
+/// uses. `what` names the context in errors, e.g. the flag that gave it.
+pub async fn context_config(
+    kubeconfig: Option<&Path>,
+    context: Option<&str>,
+    what: &str,
+) -> Result<kube::Config, KubeError> {
+    let sources = ClusterSources {
+        kubeconfig: kubeconfig.map(Path::to_owned),
+        ..Default::default()
+    };
+    from_context(&read_kubeconfig(&sources)?, context, what).await
+}
+
+/// The clusters of the Istio remote secrets (label [`REMOTE_SECRET_LABEL`]) in `namespace` of the
+/// cluster `own` reaches, one per key of their data, sorted by name. `own_name` names that
+/// cluster in errors.
+pub async fn remote_secrets(
+    own: kube::Config,
+    own_name: &str,
+    namespace: &str,
+    timeout: Duration,
+) -> Result<Vec<ClusterConfig>, KubeError> {
+    remote_secret_clusters(own, own_name, namespace, timeout).await
 }
