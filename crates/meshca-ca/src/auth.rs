@@ -1,9 +1,9 @@
 //! Who is asking: istiod's authenticators, tried in its order. First the TLS client certificate
 //! (already verified against the CA's roots during the handshake; its SPIFFE URI SAN is the
-//! identity), then a bearer JWT checked locally against the configured issuers' JWKS, then the
-//! same bearer token sent for a Kubernetes TokenReview to the API server of the cluster the
-//! request comes from ([`crate::cluster`]). The JWT keys can be replaced while serving, when
-//! an issuer rotates them.
+//! identity), then a bearer JWT checked locally against the configured issuers' JWKS files, then
+//! Kubernetes for the cluster the request comes from ([`crate::cluster`],
+//! [`crate::kube_auth`]): the JWKS of its API server when so configured, then TokenReview. The
+//! JWT keys can be replaced while serving, when an issuer rotates them.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -14,7 +14,7 @@ use meshca_token::Verifier;
 use time::OffsetDateTime;
 
 use crate::cluster::{Clusters, RequestCluster};
-use crate::tokenreview::TokenReviewError;
+use crate::kube_auth::{KubeCluster, KubeRefusal};
 
 /// Why a caller was not authenticated. The gRPC edge answers `UNAUTHENTICATED`.
 #[derive(Debug, thiserror::Error)]
@@ -29,23 +29,14 @@ pub enum AuthError {
     /// The bearer token was refused.
     #[error("bearer token: {0}")]
     BadToken(String),
-    /// Local JWT verification refused the bearer token, and so did the API server of the
-    /// request's cluster.
-    #[error("bearer token: {jwt}; {review}")]
+    /// Local JWT verification refused the bearer token, and Kubernetes did not vouch for it
+    /// as a token of the request's cluster.
+    #[error("bearer token: {}{kube}", .jwt.as_deref().map(|j| format!("{j}; ")).unwrap_or_default())]
     TokenRefused {
-        /// why JWT verification refused it
-        jwt: String,
-        /// why the TokenReview refused it
-        review: TokenReviewError,
-    },
-    /// Local JWT verification refused the bearer token, and the request's cluster has no API
-    /// server to review it.
-    #[error("bearer token: {jwt}; no TokenReview is configured for {cluster}")]
-    NoTokenReview {
-        /// why JWT verification refused it
-        jwt: String,
-        /// the request's cluster, as `cluster "<id>"`
-        cluster: String,
+        /// why JWT verification refused it; `None` when no JWKS file is configured
+        jwt: Option<String>,
+        /// why Kubernetes did not vouch for it
+        kube: Box<KubeRefusal>,
     },
     /// The identity belongs to another trust domain.
     #[error("identity {id} is not in trust domain {trust_domain}")]
@@ -74,7 +65,7 @@ const TOKEN_CACHE_SIZE: usize = 16_384;
 pub struct Authenticator {
     trust_domain: TrustDomain,
     jwt: ArcSwapOption<JwtKeys>,
-    clusters: Clusters,
+    clusters: Clusters<KubeCluster>,
 }
 
 /// The JWT verifier in use and the tokens it verified. They are replaced together, so that a
@@ -105,8 +96,12 @@ pub struct Credentials<'a> {
 
 impl Authenticator {
     /// A server in `trust_domain`, accepting JWTs when `jwt` is given, answering for `clusters`
-    /// and sending tokens to their API servers for review.
-    pub fn new(trust_domain: TrustDomain, jwt: Option<Verifier>, clusters: Clusters) -> Self {
+    /// and asking their API servers about the other tokens.
+    pub fn new(
+        trust_domain: TrustDomain,
+        jwt: Option<Verifier>,
+        clusters: Clusters<KubeCluster>,
+    ) -> Self {
         Authenticator {
             trust_domain,
             jwt: ArcSwapOption::from_pointee(jwt.map(JwtKeys::new)),
@@ -145,7 +140,7 @@ impl Authenticator {
                 .trim();
             match self.identity_from_jwt(token, now) {
                 Ok(id) => id,
-                Err(jwt) => self.identity_from_review(token, cluster, jwt).await?,
+                Err(jwt) => self.identity_from_kube(token, cluster, jwt, now).await?,
             }
         } else {
             return Err(AuthError::NoCredential);
@@ -161,12 +156,15 @@ impl Authenticator {
 }
 
 impl Authenticator {
-    /// The second authenticator; the error is the reason, for the message of the third.
-    fn identity_from_jwt(&self, token: &str, now: OffsetDateTime) -> Result<SpiffeId, String> {
+    /// The second authenticator; the error is the reason (none: no JWT issuer is configured),
+    /// for the message of the third.
+    fn identity_from_jwt(
+        &self,
+        token: &str,
+        now: OffsetDateTime,
+    ) -> Result<SpiffeId, Option<String>> {
         let keys = self.jwt.load();
-        let keys = keys
-            .as_ref()
-            .ok_or_else(|| "this server has no JWT issuer configured".to_owned())?;
+        let keys = keys.as_ref().ok_or(None)?;
         let mut digest = [0u8; 32];
         digest.copy_from_slice(
             aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, token.as_bytes()).as_ref(),
@@ -180,10 +178,10 @@ impl Authenticator {
         let verified = keys
             .verifier
             .verify(token, now)
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| Some(e.to_string()))?;
         let id = verified
             .spiffe_id(&self.trust_domain)
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| Some(e.to_string()))?;
         if let Ok(mut cache) = keys.verified.lock() {
             if cache.len() >= TOKEN_CACHE_SIZE {
                 cache.clear();
@@ -193,27 +191,32 @@ impl Authenticator {
         Ok(id)
     }
 
-    /// The third authenticator: the API server of the request's cluster reviews the token; the
-    /// identity is its service account in this server's trust domain.
-    async fn identity_from_review(
+    /// The third authenticator: Kubernetes, for the request's cluster (its API server's keys,
+    /// then TokenReview); the identity is the token's service account in this server's trust
+    /// domain.
+    async fn identity_from_kube(
         &self,
         token: &str,
-        cluster: RequestCluster<'_>,
-        jwt: String,
+        cluster: RequestCluster<'_, KubeCluster>,
+        jwt: Option<String>,
+        now: OffsetDateTime,
     ) -> Result<SpiffeId, AuthError> {
-        let Some(reviewer) = cluster.reviewer() else {
-            return Err(AuthError::NoTokenReview {
+        let shown = cluster.to_string();
+        let Some(kube) = cluster.auth() else {
+            return Err(AuthError::TokenRefused {
                 jwt,
-                cluster: cluster.to_string(),
+                kube: Box::new(KubeRefusal::NotConfigured { cluster: shown }),
             });
         };
-        let who = reviewer
-            .review(token)
-            .await
-            .map_err(|review| AuthError::TokenRefused { jwt, review })?;
-        who.spiffe_id(&self.trust_domain).map_err(|e| {
-            AuthError::BadToken(format!("token review at {}: {e}", reviewer.api_server()))
-        })
+        let who =
+            kube.identify(token, now, &shown)
+                .await
+                .map_err(|kube| AuthError::TokenRefused {
+                    jwt,
+                    kube: Box::new(kube),
+                })?;
+        who.spiffe_id(&self.trust_domain)
+            .map_err(|e| AuthError::BadToken(format!("{shown}: {e}")))
     }
 }
 
@@ -319,7 +322,14 @@ mod tests {
             .authenticate(&bearer("Bearer opaque"), now)
             .await
             .unwrap_err();
-        assert!(matches!(err, AuthError::NoTokenReview { .. }), "{err}");
+        assert!(
+            matches!(
+                &err,
+                AuthError::TokenRefused { kube, .. }
+                    if matches!(**kube, KubeRefusal::NotConfigured { .. })
+            ),
+            "{err}"
+        );
         assert!(
             err.to_string()
                 .ends_with("; no TokenReview is configured for cluster \"c1\""),

@@ -1,4 +1,4 @@
-//! Which clusters a server answers for, and whose API server reviews each one's tokens.
+//! Which clusters a server answers for, and who vouches for each one's tokens.
 //!
 //! As in istiod, the cluster of a request is its `clusterid` metadata, and a request without
 //! one is from the server's own cluster. The own cluster's tokens go to its API server; a remote
@@ -6,19 +6,21 @@
 //! cluster's remote secret). A remote cluster configured here is served like the own one; a
 //! request naming any other cluster is refused before any credential is looked at, since this
 //! CA cannot know whose workload it is.
+//!
+//! The table is generic over what vouches for a cluster's tokens (`A`): the server keeps a
+//! [`crate::kube_auth::KubeCluster`] per cluster; the routing rules need none.
 
 use std::collections::BTreeMap;
 use std::fmt;
 
 use crate::auth::AuthError;
-use crate::tokenreview::TokenReviewer;
 
 /// The clusters a server answers for.
-#[derive(Debug, Default)]
-pub struct Clusters {
+#[derive(Debug)]
+pub struct Clusters<A> {
     own: Option<String>,
-    own_reviewer: Option<TokenReviewer>,
-    remote: BTreeMap<String, TokenReviewer>,
+    own_auth: Option<A>,
+    remote: BTreeMap<String, A>,
 }
 
 /// Why a set of clusters cannot be served.
@@ -46,25 +48,33 @@ pub enum ClusterError {
 }
 
 /// The cluster a request comes from, among those the server answers for.
-#[derive(Clone, Copy, Debug)]
-pub struct RequestCluster<'a> {
+#[derive(Debug)]
+pub struct RequestCluster<'a, A> {
     name: Option<&'a str>,
-    reviewer: Option<&'a TokenReviewer>,
+    auth: Option<&'a A>,
 }
 
-impl<'a> RequestCluster<'a> {
+impl<A> Clone for RequestCluster<'_, A> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+
+impl<A> Copy for RequestCluster<'_, A> {}
+
+impl<'a, A> RequestCluster<'a, A> {
     /// The cluster's ID; `None` for the own cluster of a server without one.
     pub fn name(&self) -> Option<&'a str> {
         self.name
     }
 
-    /// The API server that reviews this cluster's tokens, when there is one.
-    pub fn reviewer(&self) -> Option<&'a TokenReviewer> {
-        self.reviewer
+    /// What vouches for this cluster's tokens, when anything does.
+    pub fn auth(&self) -> Option<&'a A> {
+        self.auth
     }
 }
 
-impl fmt::Display for RequestCluster<'_> {
+impl<A> fmt::Display for RequestCluster<'_, A> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self.name {
             Some(name) => write!(f, "cluster {name:?}"),
@@ -73,51 +83,54 @@ impl fmt::Display for RequestCluster<'_> {
     }
 }
 
-impl Clusters {
+impl<A> Clusters<A> {
     /// A server in cluster `own` (`None`: unnamed, and then any `clusterid` is taken to be its
-    /// own), whose tokens `own_reviewer` reviews when given.
-    pub fn new(own: Option<String>, own_reviewer: Option<TokenReviewer>) -> Self {
+    /// own), whose tokens `own_auth` vouches for when given.
+    pub fn new(own: Option<String>, own_auth: Option<A>) -> Self {
         Clusters {
             own: own.filter(|id| !id.is_empty()),
-            own_reviewer,
+            own_auth,
             remote: BTreeMap::new(),
         }
     }
 
-    /// Also serves the remote cluster `id`, whose tokens `reviewer` reviews.
-    pub fn with_remote(
-        mut self,
-        id: String,
-        reviewer: TokenReviewer,
-    ) -> Result<Self, ClusterError> {
+    /// Checks that the remote cluster `id` can be served next to the own one.
+    pub fn check_remote(own: Option<&str>, id: &str) -> Result<(), ClusterError> {
         if id.is_empty() {
             return Err(ClusterError::EmptyId);
         }
-        match &self.own {
-            None => return Err(ClusterError::OwnClusterUnnamed { remote: id }),
-            Some(own) if *own == id => return Err(ClusterError::RemoteIsOwn(id)),
-            Some(_) => {}
+        match own.filter(|o| !o.is_empty()) {
+            None => Err(ClusterError::OwnClusterUnnamed {
+                remote: id.to_owned(),
+            }),
+            Some(own) if own == id => Err(ClusterError::RemoteIsOwn(id.to_owned())),
+            Some(_) => Ok(()),
         }
+    }
+
+    /// Also serves the remote cluster `id`, whose tokens `auth` vouches for.
+    pub fn with_remote(mut self, id: String, auth: A) -> Result<Self, ClusterError> {
+        Self::check_remote(self.own.as_deref(), &id)?;
         if self.remote.contains_key(&id) {
             return Err(ClusterError::Duplicate(id));
         }
-        self.remote.insert(id, reviewer);
+        self.remote.insert(id, auth);
         Ok(self)
     }
 
     /// The cluster a request whose `clusterid` metadata is `asked` comes from.
-    pub fn resolve<'a>(&'a self, asked: Option<&str>) -> Result<RequestCluster<'a>, AuthError> {
+    pub fn resolve<'a>(&'a self, asked: Option<&str>) -> Result<RequestCluster<'a, A>, AuthError> {
         let own = RequestCluster {
             name: self.own.as_deref(),
-            reviewer: self.own_reviewer.as_ref(),
+            auth: self.own_auth.as_ref(),
         };
         let Some(asked) = asked.filter(|a| !a.is_empty()) else {
             return Ok(own);
         };
-        if let Some((name, reviewer)) = self.remote.get_key_value(asked) {
+        if let Some((name, auth)) = self.remote.get_key_value(asked) {
             return Ok(RequestCluster {
                 name: Some(name),
-                reviewer: Some(reviewer),
+                auth: Some(auth),
             });
         }
         match &self.own {
@@ -131,6 +144,11 @@ impl Clusters {
         }
     }
 
+    /// What vouches for each cluster's tokens, own first.
+    pub fn all(&self) -> impl Iterator<Item = &A> {
+        self.own_auth.iter().chain(self.remote.values())
+    }
+
     /// The IDs of the clusters served, own first.
     pub fn served(&self) -> Vec<String> {
         self.own.iter().chain(self.remote.keys()).cloned().collect()
@@ -140,14 +158,14 @@ impl Clusters {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::tokenreview::DEFAULT_TIMEOUT;
 
-    fn reviewer(url: &str) -> TokenReviewer {
-        TokenReviewer::new(url, None, "t".into(), vec![], DEFAULT_TIMEOUT).unwrap()
+    /// The API server URL stands for what vouches for a cluster.
+    fn reviewer(url: &str) -> String {
+        url.to_owned()
     }
 
-    fn api(c: &RequestCluster<'_>) -> Option<String> {
-        c.reviewer().map(|r| r.api_server().to_owned())
+    fn api(c: &RequestCluster<'_, String>) -> Option<String> {
+        c.auth().cloned()
     }
 
     #[test]
@@ -172,11 +190,11 @@ mod tests {
 
     #[test]
     fn the_own_cluster_may_have_no_reviewer() {
-        let clusters = Clusters::new(Some("c1".into()), None)
+        let clusters = Clusters::<String>::new(Some("c1".into()), None)
             .with_remote("c2".into(), reviewer("http://remote:2"))
             .unwrap();
         let c = clusters.resolve(None).unwrap();
-        assert!(c.reviewer().is_none());
+        assert!(c.auth().is_none());
         assert_eq!(c.to_string(), "cluster \"c1\"");
     }
 
@@ -193,10 +211,10 @@ mod tests {
     fn remote_clusters_that_cannot_be_told_apart_are_refused() {
         let r = || reviewer("http://remote:2");
         assert!(matches!(
-            Clusters::new(None, None).with_remote("c2".into(), r()),
+            Clusters::<String>::new(None, None).with_remote("c2".into(), r()),
             Err(ClusterError::OwnClusterUnnamed { .. })
         ));
-        let named = || Clusters::new(Some("c1".into()), None);
+        let named = || Clusters::<String>::new(Some("c1".into()), None);
         assert!(matches!(
             named().with_remote("c1".into(), r()),
             Err(ClusterError::RemoteIsOwn(_))

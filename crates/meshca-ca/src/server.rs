@@ -1,7 +1,7 @@
-//! Starting and running the server: load the CA and the JWT keys, bind the listeners, serve
-//! gRPC over TLS (or plaintext), keep the CA and the JWT keys current, stop on request.
+//! Starting and running the server: load the CA and the JWT keys, connect to the clusters' API
+//! servers, bind the listeners, serve gRPC over TLS (or plaintext) and the health service,
+//! keep the CA and the keys current, stop on request.
 
-use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -17,16 +17,15 @@ use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
 
 use crate::auth::Authenticator;
 use crate::clock::Clock;
-use crate::cluster::Clusters;
 use crate::coalesce::Coalesce;
 use crate::issuer::{CaHandle, IssuancePolicy, LoadedCa};
 use crate::jwks::JwksFiles;
+use crate::kube_auth::{KubeAuth, KubeAuthError};
 use crate::metrics::Metrics;
 use crate::proto::istio_certificate_service_server::IstioCertificateServiceServer;
 use crate::service::CaService;
 use crate::source::{self, CaError, CaSource};
 use crate::tls::DynamicTls;
-use crate::tokenreview::TokenReviewer;
 use crate::watch::ChangeWatch;
 
 /// Largest request accepted; a CSR is a few KiB.
@@ -64,33 +63,10 @@ pub struct ServeConfig {
     pub reload_interval: StdDuration,
     /// How long a change must stay unchanged before it is loaded.
     pub debounce: StdDuration,
-    /// Kubernetes TokenReview for bearer tokens JWT verification does not accept: which API
-    /// server reviews the tokens of which cluster. `None` is the same as no API server at all.
-    pub token_review: Option<TokenReviewClusters>,
-}
-
-/// Which Kubernetes API server reviews the bearer tokens of which cluster, as istiod picks the
-/// kube client of the cluster a request names in its `clusterid` metadata.
-#[derive(Clone, Debug, Default)]
-pub struct TokenReviewClusters {
-    /// The API server of this server's own cluster: reviews the tokens of requests without
-    /// `clusterid` or naming [`ServeConfig::cluster_id`].
-    pub own: Option<TokenReviewConfig>,
-    /// API servers of remote clusters, by the cluster ID their workloads send as `clusterid`.
-    /// Requests naming one of these clusters are served; they need [`ServeConfig::cluster_id`].
-    pub remote: BTreeMap<String, TokenReviewConfig>,
-}
-
-/// Where to send one cluster's TokenReviews.
-#[derive(Clone, Debug)]
-pub struct TokenReviewConfig {
-    /// The API server's URL.
-    pub api_server: String,
-    /// The CA file that signed the API server's certificate (for https).
-    pub ca_file: Option<PathBuf>,
-    /// The file holding the token the server calls this API server with (one valid in that
-    /// cluster, allowed to create TokenReviews). Read at start.
-    pub token_file: PathBuf,
+    /// Kubernetes authentication of the bearer tokens no JWKS file accepts: the own cluster's
+    /// API server (its JWKS and/or TokenReview) and the remote clusters' (TokenReview). `None`:
+    /// no Kubernetes at all.
+    pub token_review: Option<KubeAuth>,
 }
 
 /// Why the server could not start or stopped.
@@ -108,9 +84,9 @@ pub enum ServeError {
         /// why
         reason: String,
     },
-    /// TokenReview could not be set up.
-    #[error("TokenReview: {0}")]
-    TokenReview(String),
+    /// Kubernetes authentication could not be set up.
+    #[error("Kubernetes authentication: {0}")]
+    Kube(#[from] KubeAuthError),
     /// A listener could not be bound.
     #[error("cannot listen on {addr}: {source}")]
     Bind {
@@ -137,14 +113,48 @@ pub struct Running {
     pub metrics: Arc<Metrics>,
     /// The CA in use.
     pub ca: CaHandle,
+    health: tonic_health::server::HealthReporter,
+    health_service: HealthService,
     stop: Option<oneshot::Sender<()>>,
     join: JoinHandle<Result<(), ServeError>>,
     background: Vec<JoinHandle<()>>,
 }
 
+type HealthService =
+    tonic_health::pb::health_server::HealthServer<tonic_health::server::HealthService>;
+
 impl Running {
+    /// Also serves `grpc.health.v1.Health` in plaintext on `addr`, for Kubernetes gRPC probes
+    /// (which cannot speak TLS); answers the bound address. The status is SERVING from the
+    /// start, since a server only runs once its CA is loaded, and NOT_SERVING once it stops.
+    pub async fn serve_health(&mut self, addr: SocketAddr) -> Result<SocketAddr, ServeError> {
+        let listener = TcpListener::bind(addr)
+            .await
+            .map_err(|source| ServeError::Bind { addr, source })?;
+        let bound = listener
+            .local_addr()
+            .map_err(|source| ServeError::Bind { addr, source })?;
+        let router = tonic::transport::Server::builder().add_service(self.health_service.clone());
+        self.background.push(tokio::spawn(async move {
+            if let Err(e) = router
+                .serve_with_incoming(TcpListenerStream::new(listener))
+                .await
+            {
+                tracing::error!(error = %e, "health listener stopped");
+            }
+        }));
+        tracing::info!(addr = %bound, "serving grpc.health.v1.Health in plaintext");
+        Ok(bound)
+    }
+
     /// Stops serving and waits for the server to finish.
     pub async fn shutdown(mut self) -> Result<(), ServeError> {
+        self.health
+            .set_service_status("", tonic_health::ServingStatus::NotServing)
+            .await;
+        self.health
+            .set_not_serving::<IstioCertificateServiceServer<CaService>>()
+            .await;
         if let Some(s) = self.stop.take() {
             let _ = s.send(());
         }
@@ -190,10 +200,17 @@ pub async fn start(config: ServeConfig, clock: Arc<dyn Clock>) -> Result<Running
             })?,
         )
     };
+    let clusters = crate::kube_auth::connect(
+        config.token_review.as_ref(),
+        config.cluster_id.as_deref(),
+        &config.audience,
+    )
+    .await?;
+    let api_server_jwks: Vec<_> = clusters.all().filter_map(|k| k.jwks().cloned()).collect();
     let auth = Arc::new(Authenticator::new(
         config.trust_domain.clone(),
         jwks.as_ref().map(JwksFiles::verifier),
-        clusters(&config)?,
+        clusters,
     ));
     let service = CaService {
         ca: ca.clone(),
@@ -244,6 +261,11 @@ pub async fn start(config: ServeConfig, clock: Arc<dyn Clock>) -> Result<Running
         metrics.clone(),
         clock.clone(),
     )));
+    for keys in api_server_jwks {
+        background.push(tokio::spawn(
+            keys.keep_current(clock.clone(), crate::apiserver_jwks::REFRESH_INTERVAL),
+        ));
+    }
     if let Some(jwks) = jwks {
         background.push(tokio::spawn(keep_jwks_current(
             jwks,
@@ -254,14 +276,17 @@ pub async fn start(config: ServeConfig, clock: Arc<dyn Clock>) -> Result<Running
         )));
     }
 
-    let (health, health_service) = tonic_health::server::health_reporter();
+    let health = tonic_health::server::HealthReporter::new();
+    let health_service = HealthService::new(
+        tonic_health::server::HealthService::from_health_reporter(health.clone()),
+    );
     health
         .set_serving::<IstioCertificateServiceServer<CaService>>()
         .await;
     let grpc =
         IstioCertificateServiceServer::new(service).max_decoding_message_size(MAX_REQUEST_BYTES);
     let router = tonic::transport::Server::builder()
-        .add_service(health_service)
+        .add_service(health_service.clone())
         .add_service(grpc);
     let (stop_tx, stop_rx) = oneshot::channel::<()>();
     let signal = async move {
@@ -296,52 +321,12 @@ pub async fn start(config: ServeConfig, clock: Arc<dyn Clock>) -> Result<Running
         metrics_addr,
         metrics,
         ca,
+        health,
+        health_service,
         stop: Some(stop_tx),
         join,
         background,
     })
-}
-
-/// The clusters served and their TokenReview clients, from the configuration.
-fn clusters(config: &ServeConfig) -> Result<Clusters, ServeError> {
-    let empty = TokenReviewClusters::default();
-    let tr = config.token_review.as_ref().unwrap_or(&empty);
-    let own = tr
-        .own
-        .as_ref()
-        .map(|c| reviewer(c, &config.audience))
-        .transpose()
-        .map_err(|e| match &config.cluster_id {
-            Some(id) => ServeError::TokenReview(format!("cluster {id:?}: {e}")),
-            None => ServeError::TokenReview(e),
-        })?;
-    let mut clusters = Clusters::new(config.cluster_id.clone(), own);
-    for (id, c) in &tr.remote {
-        let remote = reviewer(c, &config.audience)
-            .map_err(|e| ServeError::TokenReview(format!("cluster {id:?}: {e}")))?;
-        clusters = clusters
-            .with_remote(id.clone(), remote)
-            .map_err(|e| ServeError::TokenReview(e.to_string()))?;
-    }
-    Ok(clusters)
-}
-
-/// A TokenReview client for one API server; the error is one line naming the file or URL.
-fn reviewer(c: &TokenReviewConfig, audience: &str) -> Result<TokenReviewer, String> {
-    let read =
-        |p: &PathBuf| std::fs::read(p).map_err(|e| format!("{}: cannot read: {e}", p.display()));
-    let ca_pem = c.ca_file.as_ref().map(read).transpose()?;
-    let token = String::from_utf8_lossy(&read(&c.token_file)?)
-        .trim()
-        .to_owned();
-    TokenReviewer::new(
-        &c.api_server,
-        ca_pem.as_deref(),
-        token,
-        vec![audience.to_owned()],
-        crate::tokenreview::DEFAULT_TIMEOUT,
-    )
-    .map_err(|e| e.to_string())
 }
 
 type TlsConn = Coalesce<tokio_rustls::server::TlsStream<TcpStream>>;

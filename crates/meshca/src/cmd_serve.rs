@@ -1,6 +1,5 @@
 //! `meshca serve`: flags in, a running CA server out, until Ctrl-C or SIGTERM.
 
-use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -8,7 +7,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use meshca_ca::issuer::IssuancePolicy;
-use meshca_ca::{CaSource, ServeConfig, SystemClock, TokenReviewClusters, TokenReviewConfig};
+use meshca_ca::kube_auth::DEFAULT_REMOTE_SECRETS_NAMESPACE;
+use meshca_ca::{CaSource, KubeAuth, OwnApiServer, ServeConfig, SystemClock};
 use meshca_pki::TrustDomain;
 
 /// An Istio-compatible CA: IstioCertificateService/CreateCertificate over gRPC, signing with a
@@ -40,12 +40,13 @@ pub struct Args {
     /// meshca_ca_reload_failure_count, and the last good keys stay in use.
     #[arg(long = "jwt-issuer", value_name = "ISSUER=JWKS_FILE")]
     jwt_issuers: Vec<String>,
-    /// The audience JWTs must carry.
+    /// The audience bearer tokens must carry (checked locally, and asked of TokenReview).
     #[arg(long, default_value = "istio-ca")]
     audience: String,
     /// This CA's cluster. Requests without clusterid metadata are from this cluster; requests
-    /// whose clusterid names a cluster that is neither this one nor a --token-review-cluster
-    /// are refused (UNAUTHENTICATED). Without it, every request is taken to be from this cluster.
+    /// whose clusterid names a cluster that is neither this one nor a remote cluster
+    /// (--remote-cluster, --remote-secrets) are refused (UNAUTHENTICATED). Without it, every
+    /// request is taken to be from this cluster.
     #[arg(long)]
     cluster_id: Option<String>,
     /// Default workload certificate lifetime (e.g. 24h, 90m, 7d).
@@ -63,88 +64,74 @@ pub struct Args {
     /// How often the CA folder and the JWKS files are checked for changes.
     #[arg(long, default_value = "1s", value_parser = parse_duration)]
     reload_interval: time::Duration,
-    /// Kubernetes API server of this CA's own cluster, for TokenReview of bearer tokens that no
-    /// --jwt-issuer accepts (requests without clusterid, or naming --cluster-id).
-    #[arg(long, value_name = "URL")]
-    k8s_api_server: Option<String>,
-    /// CA file of the API server's certificate.
-    #[arg(long, value_name = "FILE", requires = "k8s_api_server")]
-    k8s_ca: Option<PathBuf>,
-    /// File holding the token meshca uses to call the API server.
+    /// Plaintext gRPC address serving grpc.health.v1.Health, for Kubernetes gRPC readiness
+    /// probes (which cannot speak TLS). SERVING once the CA is loaded.
+    #[arg(long, value_name = "ADDR")]
+    health_addr: Option<SocketAddr>,
+    /// The kubeconfig the own cluster's context and the --remote-cluster contexts are read from
+    /// [default: in-cluster config when KUBERNETES_SERVICE_HOST is set, else $KUBECONFIG or
+    /// ~/.kube/config].
+    #[arg(long, value_name = "FILE")]
+    kubeconfig: Option<PathBuf>,
+    /// The own cluster's context in the kubeconfig [default: its current context].
+    #[arg(long, value_name = "NAME")]
+    context: Option<String>,
+    /// Review bearer tokens of the own cluster (requests without clusterid, or naming
+    /// --cluster-id) with a Kubernetes TokenReview at its API server, for --audience.
+    ///
+    /// The identity is the token's spiffe://TRUST_DOMAIN/ns/NS/sa/SA. Accepted reviews are
+    /// remembered for --review-cache-ttl; refusals are not. The credential used needs
+    /// create on tokenreviews (ClusterRole system:auth-delegator).
+    #[arg(long)]
+    token_review: bool,
+    /// Verify bearer tokens of the own cluster locally against its API server's JWKS
+    /// (/.well-known/openid-configuration, then its jwks_uri path), before any TokenReview.
+    ///
+    /// Keys are fetched at start, every 5 minutes, and on an unknown key id (at most every
+    /// 10 s). Local verification cannot see that a service account was deleted: its tokens
+    /// stay valid until they expire; add --token-review where that matters.
+    #[arg(long)]
+    jwks_from_api_server: bool,
+    /// A remote cluster: bearer tokens of requests whose clusterid is ID are reviewed by the
+    /// API server of kubeconfig context CONTEXT. Repeatable; needs --cluster-id.
+    #[arg(long = "remote-cluster", value_name = "ID=CONTEXT", value_parser = parse_remote_cluster, requires = "cluster_id")]
+    remote_clusters: Vec<(String, String)>,
+    /// Remote clusters from the Istio remote secrets (label istio/multiCluster=true) in
+    /// namespace NS of the own cluster, read at start; each key of their data is a cluster ID
+    /// and its kubeconfig. A cluster also given by --remote-cluster keeps that context.
     #[arg(
         long,
-        value_name = "FILE",
-        default_value = "/var/run/secrets/kubernetes.io/serviceaccount/token"
-    )]
-    k8s_token_file: PathBuf,
-    /// TokenReview for the remote cluster ID: bearer tokens of requests whose clusterid is ID
-    /// (and that no --jwt-issuer accepts) are reviewed by that cluster's API server. Repeatable.
-    ///
-    /// token=FILE (required) holds a token valid in that cluster that may create TokenReviews;
-    /// ca=FILE is the CA of its API server's certificate, required for https and refused for
-    /// http. The identity is the token's namespace and service account in --trust-domain.
-    /// Requests naming a remote cluster given here are served; this needs --cluster-id, and ID
-    /// must differ from it.
-    ///
-    /// Example: --token-review-cluster
-    /// cluster2=https://10.0.0.2:6443,ca=/etc/c2/ca.crt,token=/etc/c2/token
-    #[arg(
-        long = "token-review-cluster",
-        value_name = "ID=URL,token=FILE[,ca=FILE]",
-        value_parser = parse_remote_cluster,
+        value_name = "NS",
+        num_args = 0..=1,
+        default_missing_value = DEFAULT_REMOTE_SECRETS_NAMESPACE,
         requires = "cluster_id"
     )]
-    token_review_clusters: Vec<RemoteCluster>,
+    remote_secrets: Option<String>,
+    /// How long an accepted TokenReview is remembered (0: not at all); never past the token's
+    /// own expiry.
+    #[arg(long, default_value = "10s", value_parser = parse_cache_ttl)]
+    review_cache_ttl: time::Duration,
     /// Log as JSON lines.
     #[arg(long)]
     log_json: bool,
 }
 
-/// One `--token-review-cluster`: a remote cluster and where its tokens are reviewed.
-#[derive(Clone, Debug)]
-pub struct RemoteCluster {
-    id: String,
-    api: TokenReviewConfig,
+/// Reads `ID=CONTEXT`.
+fn parse_remote_cluster(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((id, context)) if !id.trim().is_empty() && !context.trim().is_empty() => {
+            Ok((id.trim().to_owned(), context.trim().to_owned()))
+        }
+        _ => Err(format!("{s:?}: expected ID=CONTEXT")),
+    }
 }
 
-/// Reads `ID=URL,token=FILE[,ca=FILE]`.
-fn parse_remote_cluster(s: &str) -> Result<RemoteCluster, String> {
-    let bad = |why: &str| format!("{s:?}: {why} (expected ID=URL,token=FILE[,ca=FILE])");
-    let mut parts = s.split(',');
-    let (id, url) = parts
-        .next()
-        .and_then(|p| p.split_once('='))
-        .ok_or_else(|| bad("no ID=URL"))?;
-    let (id, url) = (id.trim(), url.trim());
-    if id.is_empty() || url.is_empty() {
-        return Err(bad("the cluster ID and the URL must not be empty"));
+/// Reads a duration like [`parse_duration`], or `0` for none.
+fn parse_cache_ttl(s: &str) -> Result<time::Duration, String> {
+    if s.trim() == "0" {
+        return Ok(time::Duration::ZERO);
     }
-    let (mut ca, mut token) = (None, None);
-    for part in parts {
-        let (key, value) = part
-            .split_once('=')
-            .ok_or_else(|| bad(&format!("{part:?} is not key=value")))?;
-        let slot = match key.trim() {
-            "ca" => &mut ca,
-            "token" => &mut token,
-            other => return Err(bad(&format!("unknown key {other:?}"))),
-        };
-        if value.trim().is_empty() || slot.is_some() {
-            return Err(bad(&format!(
-                "{} must be given once, with a file",
-                key.trim()
-            )));
-        }
-        *slot = Some(PathBuf::from(value.trim()));
-    }
-    Ok(RemoteCluster {
-        id: id.to_owned(),
-        api: TokenReviewConfig {
-            api_server: url.to_owned(),
-            ca_file: ca,
-            token_file: token.ok_or_else(|| bad("token=FILE is required"))?,
-        },
-    })
+    parse_duration(s)
 }
 
 /// Reads `90s`, `15m`, `24h`, `7d`, or plain seconds.
@@ -172,18 +159,38 @@ pub fn parse_duration(s: &str) -> Result<time::Duration, String> {
     Ok(d)
 }
 
-/// The own cluster's API server and the remote ones, each remote cluster once.
-fn token_review(
-    own: Option<TokenReviewConfig>,
-    remotes: Vec<RemoteCluster>,
-) -> anyhow::Result<TokenReviewClusters> {
-    let mut remote = BTreeMap::new();
-    for r in remotes {
-        if remote.insert(r.id.clone(), r.api).is_some() {
-            anyhow::bail!("--token-review-cluster: cluster {:?} is given twice", r.id);
+/// Kubernetes authentication from the flags; `None` when no flag asks for any.
+fn kube_auth(a: &Args, in_cluster: bool) -> anyhow::Result<Option<KubeAuth>> {
+    let wanted = a.token_review
+        || a.jwks_from_api_server
+        || !a.remote_clusters.is_empty()
+        || a.remote_secrets.is_some();
+    if !wanted {
+        return Ok(None);
+    }
+    let mut seen = std::collections::BTreeSet::new();
+    for (id, _) in &a.remote_clusters {
+        if !seen.insert(id) {
+            anyhow::bail!("--remote-cluster: cluster {id:?} is given twice");
         }
     }
-    Ok(TokenReviewClusters { own, remote })
+    let own = if a.kubeconfig.is_none() && a.context.is_none() && in_cluster {
+        OwnApiServer::InCluster
+    } else {
+        OwnApiServer::Context(a.context.clone())
+    };
+    Ok(Some(KubeAuth {
+        own,
+        kubeconfig: a.kubeconfig.clone(),
+        token_review: a.token_review,
+        jwks_from_api_server: a.jwks_from_api_server,
+        remote_contexts: a.remote_clusters.clone(),
+        remote_secrets_namespace: a.remote_secrets.clone(),
+        review_cache_ttl: Duration::from_millis(
+            u64::try_from(a.review_cache_ttl.whole_milliseconds()).unwrap_or(0),
+        ),
+        ..KubeAuth::default()
+    }))
 }
 
 pub fn run(a: Args) -> anyhow::Result<ExitCode> {
@@ -198,6 +205,9 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
         builder.init();
     }
     let trust_domain = TrustDomain::new(&a.trust_domain)?;
+    let in_cluster = std::env::var_os("KUBERNETES_SERVICE_HOST").is_some_and(|h| !h.is_empty());
+    let token_review = kube_auth(&a, in_cluster)?;
+    let health_addr = a.health_addr;
     let source = match a.self_signed_dir {
         Some(dir) if !a.cacerts.exists() => CaSource::SelfSigned {
             dir,
@@ -241,27 +251,27 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
             u64::try_from(a.reload_interval.whole_milliseconds()).unwrap_or(1000),
         ),
         debounce: Duration::from_millis(100),
-        token_review: Some(token_review(
-            a.k8s_api_server.map(|api_server| TokenReviewConfig {
-                api_server,
-                ca_file: a.k8s_ca,
-                token_file: a.k8s_token_file,
-            }),
-            a.token_review_clusters,
-        )?),
+        token_review,
     };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
     rt.block_on(async move {
-        let running = meshca_ca::start(config, Arc::new(SystemClock)).await?;
+        let mut running = meshca_ca::start(config, Arc::new(SystemClock)).await?;
+        let health = match health_addr {
+            Some(addr) => Some(running.serve_health(addr).await?),
+            None => None,
+        };
         // Scripts read this line to learn the bound addresses.
         println!(
-            "listening on {}{}",
+            "listening on {}{}{}",
             running.local_addr,
             running
                 .metrics_addr
                 .map(|m| format!(" (metrics on {m})"))
+                .unwrap_or_default(),
+            health
+                .map(|h| format!(" (health on {h})"))
                 .unwrap_or_default()
         );
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
@@ -278,45 +288,85 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::path::Path;
+    use clap::Parser;
 
-    #[test]
-    fn remote_clusters_are_read_in_any_order_and_need_a_token() {
-        let r =
-            parse_remote_cluster("c2=https://10.0.0.2:6443,ca=/c2/ca.crt,token=/c2/token").unwrap();
-        assert_eq!(r.id, "c2");
-        assert_eq!(r.api.api_server, "https://10.0.0.2:6443");
-        assert_eq!(r.api.ca_file.as_deref(), Some(Path::new("/c2/ca.crt")));
-        assert_eq!(r.api.token_file, Path::new("/c2/token"));
-        let r = parse_remote_cluster("c3=http://127.0.0.1:8080,token=t").unwrap();
-        assert_eq!((r.id.as_str(), r.api.ca_file), ("c3", None));
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        serve: Args,
+    }
 
-        for (bad, why) in [
-            ("c2", "no ID=URL"),
-            ("=http://x", "must not be empty"),
-            ("c2=", "must not be empty"),
-            ("c2=http://x", "token=FILE is required"),
-            ("c2=http://x,token=a,token=b", "token must be given once"),
-            ("c2=http://x,token=", "token must be given once"),
-            ("c2=http://x,token=a,cert=b", "unknown key \"cert\""),
-            ("c2=http://x,token", "is not key=value"),
-        ] {
-            let err = parse_remote_cluster(bad).unwrap_err();
-            assert!(err.contains(why), "{bad}: {err}");
-            assert!(err.starts_with(&format!("{bad:?}: ")), "{err}");
-        }
+    fn parse(args: &[&str]) -> Result<Args, clap::Error> {
+        Cli::try_parse_from(std::iter::once("serve").chain(args.iter().copied())).map(|c| c.serve)
     }
 
     #[test]
-    fn a_remote_cluster_given_twice_is_refused() {
-        let one = || parse_remote_cluster("c2=http://x,token=t").unwrap();
-        let err = token_review(None, vec![one(), one()]).unwrap_err();
+    fn kubernetes_flags_make_the_kube_auth() {
+        let a = parse(&[]).unwrap();
+        assert!(kube_auth(&a, true).unwrap().is_none());
+
+        let a = parse(&["--token-review"]).unwrap();
+        let k = kube_auth(&a, true).unwrap().unwrap();
+        assert_eq!(k.own, OwnApiServer::InCluster);
+        assert!(k.token_review && !k.jwks_from_api_server);
+        assert_eq!(k.review_cache_ttl, Duration::from_secs(10));
+        let k = kube_auth(&a, false).unwrap().unwrap();
+        assert_eq!(k.own, OwnApiServer::Context(None));
+
+        let a = parse(&[
+            "--kubeconfig",
+            "/kc",
+            "--context",
+            "c1",
+            "--jwks-from-api-server",
+            "--cluster-id",
+            "c1",
+            "--remote-cluster",
+            "c2=ctx2",
+            "--remote-cluster",
+            "c3=ctx3",
+            "--remote-secrets",
+            "--review-cache-ttl",
+            "0",
+        ])
+        .unwrap();
+        let k = kube_auth(&a, true).unwrap().unwrap();
+        assert_eq!(k.own, OwnApiServer::Context(Some("c1".into())));
+        assert_eq!(k.kubeconfig.as_deref(), Some(std::path::Path::new("/kc")));
+        assert!(!k.token_review && k.jwks_from_api_server);
         assert_eq!(
-            err.to_string(),
-            "--token-review-cluster: cluster \"c2\" is given twice"
+            k.remote_contexts,
+            [("c2".into(), "ctx2".into()), ("c3".into(), "ctx3".into())]
         );
-        let ok = token_review(None, vec![one()]).unwrap();
-        assert!(ok.own.is_none());
-        assert_eq!(ok.remote.keys().collect::<Vec<_>>(), ["c2"]);
+        assert_eq!(k.remote_secrets_namespace.as_deref(), Some("istio-system"));
+        assert_eq!(k.review_cache_ttl, Duration::ZERO);
+
+        let a = parse(&["--cluster-id", "c1", "--remote-secrets", "mesh"]).unwrap();
+        let k = kube_auth(&a, false).unwrap().unwrap();
+        assert_eq!(k.remote_secrets_namespace.as_deref(), Some("mesh"));
+    }
+
+    #[test]
+    fn remote_clusters_need_a_cluster_id_and_are_given_once() {
+        assert!(parse(&["--remote-cluster", "c2=ctx"]).is_err());
+        assert!(parse(&["--remote-secrets"]).is_err());
+        let a = parse(&[
+            "--cluster-id",
+            "c1",
+            "--remote-cluster",
+            "c2=a",
+            "--remote-cluster",
+            "c2=b",
+        ])
+        .unwrap();
+        assert_eq!(
+            kube_auth(&a, false).unwrap_err().to_string(),
+            "--remote-cluster: cluster \"c2\" is given twice"
+        );
+        for bad in ["c2", "=ctx", "c2="] {
+            let err = parse_remote_cluster(bad).unwrap_err();
+            assert!(err.contains("expected ID=CONTEXT"), "{bad}: {err}");
+        }
+        assert!(parse(&["--review-cache-ttl", "-1s"]).is_err());
     }
 }
