@@ -8,6 +8,9 @@
 #![forbid(unsafe_code)]
 
 pub mod clusters;
+pub mod crd;
+pub mod lease;
+pub mod policies;
 pub mod store;
 
 pub use clusters::{ClusterConfig, ClusterSources};

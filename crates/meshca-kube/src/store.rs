@@ -39,6 +39,8 @@ pub const MANAGED_BY_LABEL: &str = "app.kubernetes.io/managed-by";
 pub const MANAGED_BY: &str = "meshca";
 /// The policy a secret was written under.
 pub const POLICY_ANNOTATION: &str = "trust.meshca/policy";
+/// The manager replica that wrote a secret (its lease identity), when leader election is on.
+pub const WRITER_ANNOTATION: &str = "trust.meshca/writer";
 /// A CA bundle's signing certificate serial (hex).
 pub const SERIAL_ANNOTATION: &str = "trust.meshca/serial";
 /// A CA bundle's signing certificate notAfter (RFC 3339).
@@ -58,8 +60,10 @@ pub struct KubeOptions {
     pub create_namespace: bool,
     /// How long one request may take.
     pub timeout: Duration,
-    /// The policy written into the annotations.
+    /// The policy written into the annotations (changed with [`KubeStore::set_owner`]).
     pub owner: Option<String>,
+    /// The replica written into the annotations (its lease identity).
+    pub writer: Option<String>,
 }
 
 impl Default for KubeOptions {
@@ -70,6 +74,7 @@ impl Default for KubeOptions {
             create_namespace: false,
             timeout: Duration::from_secs(10),
             owner: None,
+            writer: None,
         }
     }
 }
@@ -95,6 +100,8 @@ pub struct KubeStore {
     rt: Option<tokio::runtime::Runtime>,
     clusters: BTreeMap<String, Cluster>,
     opts: KubeOptions,
+    /// The policy whose writes these are: set before each policy's reconcile.
+    owner: Mutex<Option<String>>,
     known: Arc<Mutex<Known>>,
 }
 
@@ -272,9 +279,31 @@ impl KubeStore {
         Ok(KubeStore {
             rt: Some(rt),
             clusters,
+            owner: Mutex::new(opts.owner.clone()),
             opts,
             known: Arc::new(Mutex::new(Known::default())),
         })
+    }
+
+    /// Names the policy the next writes are made for (`namespace/name`), for their annotation.
+    pub fn set_owner(&self, owner: Option<String>) {
+        *self.owner.lock().unwrap_or_else(|p| p.into_inner()) = owner;
+    }
+
+    /// The client of a configured cluster: what the manager's other work (policies, leases,
+    /// events) uses, sharing the store's connections.
+    pub fn client(&self, cluster: &str) -> Option<kube::Client> {
+        self.clusters.get(cluster).map(|c| c.client.clone())
+    }
+
+    /// The store's runtime, where that other work runs.
+    pub fn handle(&self) -> tokio::runtime::Handle {
+        self.rt().handle().clone()
+    }
+
+    /// The management cluster's name.
+    pub fn mgmt(&self) -> &str {
+        &self.opts.mgmt
     }
 
     fn rt(&self) -> &tokio::runtime::Runtime {
@@ -452,8 +481,11 @@ impl KubeStore {
             .get_or_insert_with(Default::default)
             .insert(MANAGED_BY_LABEL.to_owned(), MANAGED_BY.to_owned());
         let a = m.annotations.get_or_insert_with(Default::default);
-        if let Some(p) = &self.opts.owner {
-            a.insert(POLICY_ANNOTATION.to_owned(), p.clone());
+        if let Some(p) = self.owner.lock().unwrap_or_else(|p| p.into_inner()).clone() {
+            a.insert(POLICY_ANNOTATION.to_owned(), p);
+        }
+        if let Some(w) = &self.opts.writer {
+            a.insert(WRITER_ANNOTATION.to_owned(), w.clone());
         }
         match signing_cert_facts(data) {
             Some((serial, not_after)) => {

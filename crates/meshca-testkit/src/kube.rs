@@ -312,6 +312,78 @@ impl ControlPlane {
         cp
     }
 
+    /// Three clusters as Gloo and Istio leave them: `mgmt` with the `gloo-mesh` namespace,
+    /// `cluster1` and `cluster2` with `istio-system`.
+    pub fn mesh() -> ControlPlane {
+        let cp = ControlPlane::start(&["mgmt", "cluster1", "cluster2"]);
+        cp.kubectl_ok(["--context", "mgmt", "create", "namespace", "gloo-mesh"]);
+        for c in ["cluster1", "cluster2"] {
+            cp.kubectl_ok(["--context", c, "create", "namespace", "istio-system"]);
+        }
+        cp
+    }
+
+    /// Runs `sh -ec script` in `dir` with the seeds' environment: `KUBECONFIG`, the contexts
+    /// `$MGMT_CONTEXT`, `$REMOTE_CONTEXT1`, `$REMOTE_CONTEXT2`, and the built kubectl first on the
+    /// `PATH`.
+    pub fn seed_shell(&self, dir: &Path, script: &str) -> crate::Run {
+        let bin = dir.join("bin");
+        if !bin.exists() {
+            fs::create_dir_all(&bin).expect("a bin folder for kubectl");
+            std::os::unix::fs::symlink(kubectl_bin(), bin.join("kubectl"))
+                .expect("kubectl linked into the bin folder");
+        }
+        let path = format!(
+            "{}:{}",
+            bin.display(),
+            std::env::var("PATH").unwrap_or_default()
+        );
+        let kubeconfig = self.kubeconfig.display().to_string();
+        let home = dir.join("home").display().to_string();
+        crate::run_in(
+            "sh",
+            dir,
+            ["-ec", script],
+            &[
+                ("PATH", &path),
+                ("KUBECONFIG", &kubeconfig),
+                ("HOME", &home),
+                ("MGMT_CONTEXT", "mgmt"),
+                ("REMOTE_CONTEXT1", "cluster1"),
+                ("REMOTE_CONTEXT2", "cluster2"),
+            ],
+        )
+    }
+
+    /// Seed 001 step 1, as written: a root made by `meshca certs root-ca` (the Makefile's
+    /// stand-in, ECDSA to keep tests fast) in `dir`, copied into the four names and stored in
+    /// `gloo-mesh/my-root-trust-policy.gloo-mesh` with the seed's own kubectl command.
+    pub fn seed_root(&self, meshca: &Path, dir: &Path) {
+        crate::run_in(
+            meshca,
+            dir,
+            ["certs", "root-ca"],
+            &[
+                ("ROOTCA_CN", "Solo Root CA"),
+                ("ROOTCA_ORG", "Istio"),
+                ("ROOTCA_KEY_TYPE", "ecdsa-p256"),
+            ],
+        )
+        .ok();
+        self.seed_shell(
+            dir,
+            "cp root-cert.pem ca-cert.pem
+cp root-key.pem ca-key.pem
+cp root-cert.pem cert-chain.pem
+kubectl --context $MGMT_CONTEXT -n gloo-mesh create secret generic my-root-trust-policy.gloo-mesh \\
+--from-file=./ca-cert.pem \\
+--from-file=./ca-key.pem \\
+--from-file=./cert-chain.pem \\
+--from-file=./root-cert.pem",
+        )
+        .ok();
+    }
+
     /// How long [`ControlPlane::start`] took, certificates to every `/readyz`.
     pub fn startup_time(&self) -> Duration {
         self.startup

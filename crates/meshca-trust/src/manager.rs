@@ -2,8 +2,10 @@
 //! due (a renewal, a rotation phase), the resync timer, a change in the store or the policy file,
 //! or a stop; and again. Time comes from a [`Clock`], so tests move it by hand over real stores.
 //!
-//! - A policy file that changes is read again; a broken one is refused and the last good policy
-//!   kept.
+//! - Policies come from a [`PolicySource`]: one file ([`PolicyFile`], read again when it
+//!   changes; a broken version is refused and the last good one kept), or RootTrustPolicy
+//!   resources watched in the management cluster. Two policies that select the same cluster are
+//!   a conflict told on both, and neither writes that cluster.
 //! - A change in the store is noticed by comparing [`store_fingerprint`]s every poll interval: a
 //!   folder store looks at its `..data` links, the Kubernetes store at its watch-fed memory (no
 //!   request).
@@ -21,7 +23,7 @@ use time::{Duration, OffsetDateTime};
 
 use crate::cache::BundleCache;
 use crate::policy::TrustPolicy;
-use crate::reconcile::{Report, TrustError, reconcile_with, store_fingerprint};
+use crate::reconcile::{Report, TrustError, reconcile_with, select_clusters, store_fingerprint};
 
 /// Where the manager gets `now` from.
 pub trait Clock: Send + Sync {
@@ -67,6 +69,45 @@ impl Clock for ManualClock {
     }
 }
 
+/// A clock read from a file holding one RFC 3339 time, so that several processes share a time
+/// a drill moves by hand. A file that cannot be read or parsed keeps the last time read.
+#[derive(Debug)]
+pub struct FileClock {
+    path: PathBuf,
+    last: Mutex<OffsetDateTime>,
+}
+
+impl FileClock {
+    /// The clock of `path`, which must hold a time now.
+    pub fn open(path: &Path) -> Result<Self, TrustError> {
+        let at = read_time(path)?;
+        Ok(FileClock {
+            path: path.to_owned(),
+            last: Mutex::new(at),
+        })
+    }
+}
+
+fn read_time(path: &Path) -> Result<OffsetDateTime, TrustError> {
+    let bad = |reason: String| TrustError::PolicyFile {
+        path: path.display().to_string(),
+        reason,
+    };
+    let text = std::fs::read_to_string(path).map_err(|e| bad(e.to_string()))?;
+    OffsetDateTime::parse(text.trim(), &time::format_description::well_known::Rfc3339)
+        .map_err(|e| bad(format!("not an RFC 3339 time: {e}")))
+}
+
+impl Clock for FileClock {
+    fn now(&self) -> OffsetDateTime {
+        let mut last = self.last.lock().unwrap_or_else(|p| p.into_inner());
+        if let Ok(t) = read_time(&self.path) {
+            *last = t;
+        }
+        *last
+    }
+}
+
 /// How the manager runs.
 #[derive(Clone, Debug)]
 pub struct ManagerConfig {
@@ -76,33 +117,138 @@ pub struct ManagerConfig {
     pub only: Vec<String>,
     /// Reconcile at least this often, even when nothing changed and nothing falls due.
     pub resync: Duration,
-    /// How often to look at the store, the policy file, the clock and the stop flag (real time).
+    /// How often to look at the store, the policies, the clock and the stop flag (real time).
     pub poll: std::time::Duration,
+}
+
+/// A policy as its source gives it.
+#[derive(Clone, Debug)]
+pub struct Sourced {
+    /// Names the policy: a file's path, or a resource's `namespace/name`.
+    pub id: String,
+    /// What changes whenever the policy's text does: a hash of a file, a resource's generation.
+    pub revision: String,
+    /// A resource's spec generation.
+    pub generation: Option<i64>,
+    /// The policy to apply: `None` when the source holds no good version of it.
+    pub policy: Option<TrustPolicy>,
+    /// Why the latest version is refused; the last good version, if any, still applies.
+    pub refused: Option<String>,
+}
+
+/// Where the manager's policies come from: one file, or resources in the management cluster.
+pub trait PolicySource {
+    /// The policies as they are now. Called at start and whenever [`Self::changed`] says so.
+    fn load(&mut self) -> Vec<Sourced>;
+    /// Whether a [`Self::load`] would answer differently. Polled every poll interval: it must
+    /// be cheap.
+    fn changed(&mut self) -> bool;
+    /// Called before each policy's reconcile, with the policy about to be applied.
+    fn reconciling(&mut self, _policy: &TrustPolicy) {}
+}
+
+/// One policy file, read again whenever its bytes change. A broken version is refused and the
+/// last good one kept.
+#[derive(Debug)]
+pub struct PolicyFile {
+    path: PathBuf,
+    text: Vec<u8>,
+    current: Sourced,
+}
+
+impl PolicyFile {
+    /// The policy in `path`; a broken policy is an error here, since there is no last good one.
+    pub fn open(path: &Path) -> Result<Self, TrustError> {
+        let (policy, text) = read_policy(path)?;
+        Ok(PolicyFile {
+            path: path.to_owned(),
+            current: Sourced {
+                id: path.display().to_string(),
+                revision: revision_of(&text),
+                generation: None,
+                policy: Some(policy),
+                refused: None,
+            },
+            text,
+        })
+    }
+}
+
+impl PolicyFile {
+    /// The policy in force: the last good version.
+    pub fn policy(&self) -> Option<&TrustPolicy> {
+        self.current.policy.as_ref()
+    }
+}
+
+fn revision_of(text: &[u8]) -> String {
+    let d = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, text);
+    d.as_ref()[..8].iter().map(|b| format!("{b:02x}")).collect()
+}
+
+impl PolicySource for PolicyFile {
+    fn load(&mut self) -> Vec<Sourced> {
+        let text = std::fs::read(&self.path).unwrap_or_default();
+        if text != self.text {
+            self.current.revision = revision_of(&text);
+            self.text = text;
+            match read_policy(&self.path) {
+                Ok((p, _)) => {
+                    self.current.policy = Some(p);
+                    self.current.refused = None;
+                }
+                Err(e) => self.current.refused = Some(e.to_string()),
+            }
+        }
+        vec![self.current.clone()]
+    }
+
+    fn changed(&mut self) -> bool {
+        std::fs::read(&self.path).unwrap_or_default() != self.text
+    }
 }
 
 /// What the manager tells its caller, as it happens.
 #[derive(Debug)]
-pub enum Event {
-    /// A reconcile ran at `at`; the manager next wakes at `next` (clock time) at the latest.
+pub enum Event<'a> {
+    /// A policy was reconciled at `at`; the manager next wakes at `next` (clock time) at the
+    /// latest.
     Reconciled {
+        /// The policy.
+        policy: &'a Sourced,
         /// When it ran, by the clock.
         at: OffsetDateTime,
         /// What it did.
-        report: Report,
+        report: &'a Report,
         /// When the manager wakes again at the latest.
         next: OffsetDateTime,
     },
-    /// A reconcile stopped before writing anything.
+    /// A policy's reconcile stopped before writing anything.
     Failed {
+        /// The policy.
+        policy: &'a Sourced,
         /// When it ran.
         at: OffsetDateTime,
         /// Why.
-        error: TrustError,
+        error: &'a TrustError,
     },
-    /// The policy file changed and was loaded.
-    PolicyReloaded,
-    /// The policy file changed but is broken: the last good policy is kept.
-    PolicyRefused(TrustError),
+    /// A policy is new or changed, and loaded. Not told for the policies found at start.
+    Loaded(&'a Sourced),
+    /// A policy's latest version is refused (its `refused` says why): nothing is written for
+    /// it, unless an earlier good version of it applies.
+    Refused(&'a Sourced),
+    /// A policy is gone from its source: it is no longer applied.
+    Removed(&'a Sourced),
+    /// Other policies also cover some of this policy's clusters: those clusters are left
+    /// alone by all of them until one policy covers each.
+    Conflict {
+        /// The policy.
+        policy: &'a Sourced,
+        /// The clusters in dispute.
+        clusters: &'a [String],
+        /// The other policies' ids.
+        with: &'a [String],
+    },
 }
 
 /// Why a wait ended.
@@ -112,13 +258,12 @@ enum Wake {
     Stop,
 }
 
-/// The manager: one store, one policy file, one clock.
+/// The manager: one store, the policies of one source, one clock.
 pub struct Manager<'a> {
     store: &'a dyn SecretStore,
     clock: &'a dyn Clock,
-    policy_file: PathBuf,
-    policy: TrustPolicy,
-    policy_text: Vec<u8>,
+    source: Box<dyn PolicySource + 'a>,
+    policies: Vec<Sourced>,
     cfg: ManagerConfig,
     cache: BundleCache,
     backoff: Duration,
@@ -137,6 +282,15 @@ fn read_policy(path: &Path) -> Result<(TrustPolicy, Vec<u8>), TrustError> {
 const MIN_BACKOFF: Duration = Duration::seconds(1);
 const MAX_BACKOFF: Duration = Duration::seconds(60);
 
+/// What one pass over every policy decided for each.
+struct Scope {
+    /// The clusters the policy may write (`None`: its own selection, undisputed).
+    clusters: Option<Vec<String>>,
+    /// Clusters in dispute, and with whom.
+    disputed: Vec<String>,
+    rivals: Vec<String>,
+}
+
 impl<'a> Manager<'a> {
     /// A manager of the policy in `policy_file` over `store`. A broken policy file is an error
     /// here: there is no last good policy yet.
@@ -146,29 +300,43 @@ impl<'a> Manager<'a> {
         policy_file: &Path,
         cfg: ManagerConfig,
     ) -> Result<Self, TrustError> {
-        let (policy, policy_text) = read_policy(policy_file)?;
-        Ok(Manager {
+        let file = PolicyFile::open(policy_file)?;
+        Ok(Self::with_source(store, clock, Box::new(file), cfg))
+    }
+
+    /// A manager of the policies `source` gives.
+    pub fn with_source(
+        store: &'a dyn SecretStore,
+        clock: &'a dyn Clock,
+        source: Box<dyn PolicySource + 'a>,
+        cfg: ManagerConfig,
+    ) -> Self {
+        Manager {
             store,
             clock,
-            policy_file: policy_file.to_owned(),
-            policy,
-            policy_text,
+            source,
+            policies: Vec::new(),
             cfg,
             cache: BundleCache::new(),
             backoff: Duration::ZERO,
-        })
+        }
     }
 
-    /// The policy in force.
-    pub fn policy(&self) -> &TrustPolicy {
-        &self.policy
+    /// The policies as last loaded.
+    pub fn policies(&self) -> &[Sourced] {
+        &self.policies
     }
 
     /// Reconciles, waits, and again, until `stop` is set; tells `on_event` what happens.
-    pub fn run(&mut self, stop: &AtomicBool, on_event: &mut dyn FnMut(&Event)) {
+    pub fn run(&mut self, stop: &AtomicBool, on_event: &mut dyn FnMut(&Event<'_>)) {
+        self.policies = self.source.load();
+        for p in &self.policies {
+            if p.refused.is_some() {
+                on_event(&Event::Refused(p));
+            }
+        }
         while !stop.load(Ordering::SeqCst) {
-            let seen =
-                store_fingerprint(self.store, &self.policy, &self.cfg.mgmt).unwrap_or_default();
+            let seen = self.fingerprint();
             let next = self.reconcile(on_event);
             match self.wait(next, &seen, stop, on_event) {
                 Wake::Stop => return,
@@ -177,50 +345,191 @@ impl<'a> Manager<'a> {
         }
     }
 
-    /// One reconcile at the clock's now; returns when to wake at the latest.
-    fn reconcile(&mut self, on_event: &mut dyn FnMut(&Event)) -> OffsetDateTime {
-        let at = self.clock.now();
-        let result = reconcile_with(
-            &self.cache,
-            self.store,
-            &self.policy,
-            &self.cfg.mgmt,
-            &self.cfg.only,
-            &[],
-            at,
-        );
-        let failed = match &result {
-            Ok(r) => r.clusters.iter().any(|(_, o)| !o.is_ok()),
-            Err(_) => true,
+    /// What the store holds for every policy, in a form cheap to compare.
+    fn fingerprint(&self) -> String {
+        self.policies
+            .iter()
+            .filter_map(|s| s.policy.as_ref())
+            .map(|p| store_fingerprint(self.store, p, &self.cfg.mgmt).unwrap_or_default())
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    /// Which clusters each policy may write: its own selection, less the clusters another
+    /// policy also selects.
+    fn scopes(&self) -> Vec<Result<Scope, TrustError>> {
+        let present = match self.store.clusters() {
+            Ok(p) => p,
+            Err(e) => {
+                let shown = e.to_string();
+                return self
+                    .policies
+                    .iter()
+                    .map(|_| {
+                        Err(TrustError::Store(meshca_store::StoreError::Backend {
+                            target: "the store".to_owned(),
+                            status: None,
+                            reason: shown.clone(),
+                        }))
+                    })
+                    .collect();
+            }
         };
+        let selected: Vec<Option<Result<Vec<String>, TrustError>>> = self
+            .policies
+            .iter()
+            .map(|s| {
+                s.policy
+                    .as_ref()
+                    .map(|p| select_clusters(&present, p, &self.cfg.mgmt, &self.cfg.only))
+            })
+            .collect();
+        let mut claims: std::collections::BTreeMap<String, Vec<usize>> = Default::default();
+        for (i, sel) in selected.iter().enumerate() {
+            if let Some(Ok(clusters)) = sel {
+                for c in clusters {
+                    claims.entry(c.clone()).or_default().push(i);
+                }
+            }
+        }
+        selected
+            .into_iter()
+            .enumerate()
+            .map(|(i, sel)| {
+                let clusters = match sel {
+                    Some(r) => r?,
+                    None => {
+                        return Ok(Scope {
+                            clusters: Some(Vec::new()),
+                            disputed: Vec::new(),
+                            rivals: Vec::new(),
+                        });
+                    }
+                };
+                let mut disputed = Vec::new();
+                let mut rivals = Vec::new();
+                for c in &clusters {
+                    let holders = claims.get(c).map_or(&[][..], Vec::as_slice);
+                    if holders.len() > 1 {
+                        disputed.push(c.clone());
+                        for &h in holders.iter().filter(|&&h| h != i) {
+                            rivals.push(self.policies[h].id.clone());
+                        }
+                    }
+                }
+                rivals.sort();
+                rivals.dedup();
+                let clusters = (!disputed.is_empty()).then(|| {
+                    clusters
+                        .into_iter()
+                        .filter(|c| !disputed.contains(c) && present.contains(c))
+                        .collect()
+                });
+                Ok(Scope {
+                    clusters,
+                    disputed,
+                    rivals,
+                })
+            })
+            .collect()
+    }
+
+    /// One reconcile of every policy at the clock's now; returns when to wake at the latest.
+    fn reconcile(&mut self, on_event: &mut dyn FnMut(&Event<'_>)) -> OffsetDateTime {
+        let at = self.clock.now();
+        let scopes = self.scopes();
+        let mut next = at + self.cfg.resync;
+        let mut failed = false;
+        for (sourced, scope) in self.policies.iter().zip(scopes) {
+            let Some(policy) = &sourced.policy else {
+                continue;
+            };
+            let result = scope.and_then(|scope| {
+                if !scope.disputed.is_empty() {
+                    on_event(&Event::Conflict {
+                        policy: sourced,
+                        clusters: &scope.disputed,
+                        with: &scope.rivals,
+                    });
+                }
+                let only = scope.clusters.unwrap_or_else(|| self.cfg.only.clone());
+                if only.is_empty() && !scope.disputed.is_empty() {
+                    return Ok(Report::default());
+                }
+                self.source.reconciling(policy);
+                reconcile_with(
+                    &self.cache,
+                    self.store,
+                    policy,
+                    &self.cfg.mgmt,
+                    &only,
+                    &[],
+                    at,
+                )
+            });
+            match &result {
+                Ok(r) => {
+                    failed |= r.clusters.iter().any(|(_, o)| !o.is_ok());
+                    if let Some(due) = r.next_check {
+                        next = next.min(due);
+                    }
+                }
+                Err(_) => failed = true,
+            }
+            match &result {
+                Ok(report) => on_event(&Event::Reconciled {
+                    policy: sourced,
+                    at,
+                    report,
+                    next,
+                }),
+                Err(error) => on_event(&Event::Failed {
+                    policy: sourced,
+                    at,
+                    error,
+                }),
+            }
+        }
         self.backoff = if failed {
             Ord::clamp(self.backoff * 2_i32, MIN_BACKOFF, MAX_BACKOFF)
         } else {
             Duration::ZERO
         };
-        let mut next = at + self.cfg.resync;
-        if let Ok(r) = &result
-            && let Some(due) = r.next_check
-        {
-            next = next.min(due);
-        }
         if failed {
             next = next.min(at + self.backoff);
-        }
-        match result {
-            Ok(report) => on_event(&Event::Reconciled { at, report, next }),
-            Err(error) => on_event(&Event::Failed { at, error }),
         }
         next
     }
 
-    /// Waits until the clock reaches `until`, the store or the policy changes, or a stop.
+    /// Loads the policies again and tells what changed.
+    fn reload(&mut self, on_event: &mut dyn FnMut(&Event<'_>)) {
+        let fresh = self.source.load();
+        for old in &self.policies {
+            if !fresh.iter().any(|f| f.id == old.id) {
+                on_event(&Event::Removed(old));
+            }
+        }
+        for f in &fresh {
+            let before = self.policies.iter().find(|o| o.id == f.id);
+            if before.is_some_and(|b| b.revision == f.revision) {
+                continue;
+            }
+            if f.refused.is_some() {
+                on_event(&Event::Refused(f));
+            } else {
+                on_event(&Event::Loaded(f));
+            }
+        }
+        self.policies = fresh;
+    }
+
+    /// Waits until the clock reaches `until`, the store or the policies change, or a stop.
     fn wait(
         &mut self,
         until: OffsetDateTime,
         seen: &str,
         stop: &AtomicBool,
-        on_event: &mut dyn FnMut(&Event),
+        on_event: &mut dyn FnMut(&Event<'_>),
     ) -> Wake {
         loop {
             if stop.load(Ordering::SeqCst) {
@@ -229,21 +538,11 @@ impl<'a> Manager<'a> {
             if self.clock.now() >= until {
                 return Wake::Due;
             }
-            let text = std::fs::read(&self.policy_file).unwrap_or_default();
-            if text != self.policy_text {
-                self.policy_text = text;
-                match read_policy(&self.policy_file) {
-                    Ok((p, _)) => {
-                        self.policy = p;
-                        on_event(&Event::PolicyReloaded);
-                        return Wake::Changed;
-                    }
-                    Err(e) => on_event(&Event::PolicyRefused(e)),
-                }
+            if self.source.changed() {
+                self.reload(on_event);
+                return Wake::Changed;
             }
-            if store_fingerprint(self.store, &self.policy, &self.cfg.mgmt).unwrap_or_default()
-                != seen
-            {
+            if self.fingerprint() != seen {
                 return Wake::Changed;
             }
             std::thread::sleep(self.cfg.poll);
@@ -306,8 +605,9 @@ spec:
                             format!("{} {:?}", (*at - t0).whole_hours(), report.clusters)
                         }
                         Event::Failed { error, .. } => format!("failed {error}"),
-                        Event::PolicyReloaded => "reloaded".into(),
-                        Event::PolicyRefused(e) => format!("refused {e}"),
+                        Event::Loaded(_) => "reloaded".into(),
+                        Event::Refused(p) => format!("refused {:?}", p.refused),
+                        other => format!("{other:?}"),
                     };
                     events.lock().unwrap().push(line);
                 });
@@ -348,5 +648,70 @@ spec:
             h.join().unwrap();
         });
         assert!(store.read(&cacerts_key("c2")).unwrap().is_some());
+    }
+
+    /// Policies held in memory, as a resource source would give them.
+    struct Fixed(Vec<Sourced>);
+
+    impl PolicySource for Fixed {
+        fn load(&mut self) -> Vec<Sourced> {
+            self.0.clone()
+        }
+        fn changed(&mut self) -> bool {
+            false
+        }
+    }
+
+    fn sourced(name: &str, clusters: &str) -> Sourced {
+        let text = POLICY
+            .replace("name: mesh", &format!("name: {name}"))
+            .replace("clusters: [c1]", &format!("clusters: [{clusters}]"));
+        Sourced {
+            id: format!("gloo-mesh/{name}"),
+            revision: "1".into(),
+            generation: Some(1),
+            policy: Some(TrustPolicy::from_yaml(&text, name).unwrap()),
+            refused: None,
+        }
+    }
+
+    #[test]
+    fn two_policies_over_one_cluster_are_a_conflict_told_on_both_and_neither_writes_it() {
+        let store = MemoryStore::with_clusters(&["mgmt", "c1", "c2", "c3"]);
+        let clock = ManualClock::new(OffsetDateTime::from_unix_timestamp(1_800_000_000).unwrap());
+        let cfg = ManagerConfig {
+            mgmt: "mgmt".into(),
+            only: Vec::new(),
+            resync: Duration::hours(1),
+            poll: std::time::Duration::from_millis(5),
+        };
+        let source = Fixed(vec![sourced("a", "c1, c2"), sourced("b", "c2, c3")]);
+        let stop = AtomicBool::new(false);
+        let mut m = Manager::with_source(&store, &clock, Box::new(source), cfg);
+        let mut lines = Vec::new();
+        m.run(&stop, &mut |e| {
+            match e {
+                Event::Conflict {
+                    policy,
+                    clusters,
+                    with,
+                } => lines.push(format!("{} {clusters:?} {with:?}", policy.id)),
+                Event::Reconciled { policy, report, .. } => {
+                    lines.push(format!("{} {:?}", policy.id, report.clusters))
+                }
+                other => lines.push(format!("{other:?}")),
+            }
+            stop.store(lines.len() >= 4, Ordering::SeqCst);
+        });
+        assert_eq!(
+            lines,
+            [
+                r#"gloo-mesh/a ["c2"] ["gloo-mesh/b"]"#,
+                r#"gloo-mesh/a [("c1", Created)]"#,
+                r#"gloo-mesh/b ["c2"] ["gloo-mesh/a"]"#,
+                r#"gloo-mesh/b [("c3", Created)]"#,
+            ]
+        );
+        assert!(store.read(&cacerts_key("c2")).unwrap().is_none());
     }
 }

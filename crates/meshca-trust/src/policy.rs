@@ -4,6 +4,7 @@
 //! errors, and every value is checked before anything is written.
 
 use meshca_pki::{KeyType, PkiError};
+use schemars::JsonSchema;
 use serde::Deserialize;
 use serde::de::IgnoredAny;
 
@@ -33,85 +34,167 @@ struct Metadata {
     _annotations: Option<IgnoredAny>,
 }
 
-#[derive(Debug, Deserialize)]
+// What both API versions accept. Fields only meshca's version accepts carry `x-meshca-only` in
+// the schema, so that Gloo's CustomResourceDefinition leaves them out. The doc comments here are
+// the schema's descriptions (`kubectl explain`).
+/// Which root signs the intermediate CAs of the workload clusters, and how those are made.
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 struct Spec {
+    /// How the root and the intermediate CAs are made.
     config: Config,
+    /// Gloo's mesh selection. meshca takes the clusters from its store (or spec.clusters) and
+    /// notes that this field does not apply.
+    #[serde(default)]
+    #[schemars(schema_with = "object_selectors")]
     apply_to_meshes: Option<IgnoredAny>,
-    /// meshca: cluster names (default: every cluster in the store but the management one)
+    /// The workload clusters to give a cacerts (default: every cluster meshca knows but the
+    /// management cluster).
+    #[schemars(extend("x-meshca-only" = true))]
     clusters: Option<Vec<String>>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 struct Config {
+    /// The CA that signs the intermediates: a root meshca generates, or one given in a secret.
     mgmt_server_ca: Option<MgmtServerCa>,
+    /// Gloo's external intermediate source (Vault). Not supported by meshca: refused.
+    #[serde(default)]
+    #[schemars(schema_with = "any_object")]
     agent_ca: Option<IgnoredAny>,
+    /// The intermediate CAs: lifetime, key, organization, and when they are renewed.
     intermediate_cert_options: Option<IntermediateCertOptions>,
+    /// Gloo restarts pods after a rotation; meshca does not need to (istiod reloads cacerts and
+    /// workloads renew on their own schedule) and notes that this field does not apply.
     auto_restart_pods: Option<bool>,
+    /// Extra roots every cluster trusts, never used to sign: secrets holding ca-cert.pem or
+    /// root-cert.pem.
     passive_certificate_authorities: Option<Vec<SecretRefDoc>>,
-    /// meshca: when and how the root itself is rotated
+    /// When and how the root itself is rotated (add the new root, re-issue, drop the old one).
+    #[schemars(extend("x-meshca-only" = true))]
     root_rotation: Option<RootRotationDoc>,
-    /// meshca: an external signer in place of mgmtServerCa
+    /// An external signer holding the root's key, in place of mgmtServerCa.
+    #[schemars(extend("x-meshca-only" = true))]
     external_signer: Option<ExternalSignerDoc>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 struct ExternalSignerDoc {
+    /// A cfssl server (`cfssl serve`) whose signing profile issues CA certificates.
     cfssl: CfsslDoc,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 struct CfsslDoc {
+    /// http://host:port or https://host:port.
     url: String,
+    /// The signing profile (it must issue CA certificates).
     profile: Option<String>,
+    /// The signer label, for a multi-signer server.
     label: Option<String>,
+    /// A secret holding the hex auth key under `auth-key`: requests then go to authsign.
     auth_key_secret_ref: Option<SecretRefDoc>,
+    /// The CA file that signed an https server's certificate.
     ca_file: Option<String>,
+    /// A secret holding root-cert.pem (and cert-chain.pem up from the signer) when the signer is
+    /// not itself a root.
     roots_secret_ref: Option<SecretRefDoc>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 struct RootRotationDoc {
+    /// Start a root rotation when less than this share of the root's life is left (0 to 1;
+    /// generated roots default to 0.2).
     grace_period_ratio: Option<f64>,
+    /// The secret the operator puts the next root in (secretRef roots).
     next_secret_ref: Option<SecretRefDoc>,
+    /// Minutes allowed, on top of the longest workload certificate lifetime, for a changed
+    /// secret to reach every CA server (default 10).
     propagation_minutes: Option<i64>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 struct MgmtServerCa {
+    /// A self-signed root made and kept by the manager in the management cluster.
     generated: Option<Generated>,
+    /// A root (or an intermediate with its chain) given in a secret holding ca-cert.pem,
+    /// ca-key.pem, cert-chain.pem and root-cert.pem.
     secret_ref: Option<SecretRefDoc>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 struct Generated {
+    /// The generated root's lifetime in days (default 3650).
     ttl_days: Option<i64>,
 }
 
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 struct SecretRefDoc {
+    /// The secret's name.
     name: String,
+    /// Its namespace in the management cluster (default gloo-mesh).
     namespace: Option<String>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 struct IntermediateCertOptions {
+    /// The intermediates' lifetime in days (default 365).
     ttl_days: Option<i64>,
+    /// RSA key size in bits, despite the name (default 4096).
     rsa_key_size_bytes: Option<u32>,
+    /// The intermediates' O= (default Istio).
     org_name: Option<String>,
+    /// Renew an intermediate when less than this share of its life is left (0 to 1, default
+    /// 0.1).
     secret_rotation_grace_period_ratio: Option<f64>,
-    /// meshca: rsa, ecdsa-p256 or ecdsa-p384
+    /// The intermediates' key type: rsa (default), ecdsa-p256 or ecdsa-p384.
+    #[schemars(extend("x-meshca-only" = true))]
     key_type: Option<String>,
-    /// meshca: the longest workload certificate lifetime, in hours (default 24)
+    /// The longest workload certificate lifetime, in hours (default 24): what a root rotation
+    /// waits for between phases.
+    #[schemars(extend("x-meshca-only" = true))]
     workload_cert_ttl_hours: Option<i64>,
+}
+
+/// Gloo's `applyToMeshes`: a list of mesh selectors.
+fn object_selectors(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    let text = |d: &str| serde_json::json!({"type": "string", "description": d});
+    schemars::json_schema!({
+        "type": "array",
+        "items": {
+            "type": "object",
+            "properties": {
+                "name": text("The mesh's name."),
+                "namespace": text("The mesh's namespace."),
+                "cluster": text("The mesh's cluster."),
+                "workspace": text("The workspace the mesh belongs to."),
+                "labels": {
+                    "type": "object",
+                    "additionalProperties": {"type": "string"},
+                    "description": "Labels the mesh must carry."
+                }
+            }
+        }
+    })
+}
+
+/// An object whose fields are not described (kept as they are).
+fn any_object(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({"type": "object", "x-kubernetes-preserve-unknown-fields": true})
+}
+
+/// The schema of a policy's `spec`, made by `generator`. Fields only meshca's API version
+/// accepts carry `"x-meshca-only": true`; whoever publishes the schema removes them or the mark.
+pub fn spec_schema(generator: schemars::SchemaGenerator) -> schemars::Schema {
+    generator.into_root_schema_for::<Spec>()
 }
 
 /// A secret in the management cluster.
@@ -224,6 +307,40 @@ impl TrustPolicy {
             reason,
         };
         let doc: Doc = serde_saphyr::from_str(text).map_err(|e| bad(first_line(&e.to_string())))?;
+        Self::from_doc(doc, origin)
+    }
+
+    /// Checks the policy of a RootTrustPolicy resource as read from an API server: its
+    /// apiVersion, name, namespace and `spec`. `origin` names it in errors.
+    pub fn from_resource(
+        api_version: &str,
+        name: &str,
+        namespace: &str,
+        spec: &serde_json::Value,
+        origin: &str,
+    ) -> Result<Self, PolicyError> {
+        let spec: Spec = serde_json::from_value(spec.clone()).map_err(|e| PolicyError {
+            origin: origin.to_owned(),
+            reason: format!("spec: {}", first_line(&e.to_string())),
+        })?;
+        let doc = Doc {
+            api_version: api_version.to_owned(),
+            kind: "RootTrustPolicy".to_owned(),
+            metadata: Metadata {
+                name: Some(name.to_owned()),
+                namespace: Some(namespace.to_owned()),
+                ..Metadata::default()
+            },
+            spec,
+        };
+        Self::from_doc(doc, origin)
+    }
+
+    fn from_doc(doc: Doc, origin: &str) -> Result<Self, PolicyError> {
+        let bad = |reason: String| PolicyError {
+            origin: origin.to_owned(),
+            reason,
+        };
         let meshca = match doc.api_version.as_str() {
             GLOO_API_VERSION => false,
             MESHCA_API_VERSION => true,

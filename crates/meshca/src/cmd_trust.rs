@@ -31,6 +31,16 @@ pub enum Command {
     Status(StatusArgs),
     /// Run the manager on a simulated clock with simulated workloads and count broken moments.
     Simulate(SimulateArgs),
+    /// Print the RootTrustPolicy CustomResourceDefinitions (Gloo's and meshca's API groups).
+    Crds(CrdsArgs),
+}
+
+#[derive(clap::Args)]
+pub struct CrdsArgs {
+    /// Write one file per definition into DIR (`roottrustpolicies.<group>.yaml`) instead of
+    /// printing them.
+    #[arg(long, value_name = "DIR")]
+    dir: Option<PathBuf>,
 }
 
 #[derive(clap::Args)]
@@ -92,6 +102,11 @@ impl StoreArgs {
     }
 
     fn open(&self, policy: &TrustPolicy) -> anyhow::Result<Store> {
+        self.open_for(Some(format!("{}/{}", policy.namespace, policy.name)), None)
+    }
+
+    /// The store, its writes annotated with `owner` (a policy) and `writer` (a replica).
+    fn open_for(&self, owner: Option<String>, writer: Option<String>) -> anyhow::Result<Store> {
         if !self.is_kube() {
             if let Some(c) = self.clusters.iter().find(|c| c.contains('=')) {
                 anyhow::bail!(
@@ -120,40 +135,66 @@ impl StoreArgs {
             adopt: self.adopt,
             create_namespace: self.create_namespace,
             timeout: to_std(self.request_timeout).max(StdDuration::from_millis(100)),
-            owner: Some(format!("{}/{}", policy.namespace, policy.name)),
+            owner,
+            writer,
         };
-        Ok(Store::Kube(meshca_kube::KubeStore::connect(
+        Ok(Store::Kube(Box::new(meshca_kube::KubeStore::connect(
             &sources, opts,
-        )?))
+        )?)))
     }
 }
 
 /// The store a command works on.
 enum Store {
     Folder(FolderStore),
-    Kube(meshca_kube::KubeStore),
+    Kube(Box<meshca_kube::KubeStore>),
 }
 
 impl Store {
     fn as_dyn(&self) -> &dyn SecretStore {
         match self {
             Store::Folder(s) => s,
-            Store::Kube(s) => s,
+            Store::Kube(s) => s.as_ref(),
         }
     }
 }
 
 #[derive(clap::Args)]
 pub struct RunArgs {
+    /// The RootTrustPolicy YAML. Without it (Kubernetes store), every RootTrustPolicy resource
+    /// of the management cluster is applied, watched, and reported on in its .status.
+    #[arg(short = 'f', long = "filename")]
+    policy: Option<PathBuf>,
     #[command(flatten)]
-    common: Common,
+    store: StoreArgs,
     /// Reconcile at least this often, even when nothing changed and nothing falls due.
     #[arg(long, default_value = "5m", value_parser = parse_duration)]
     resync: time::Duration,
-    /// How often to look at the store and the policy file for changes (default 2s for a folder;
-    /// 200ms for Kubernetes, whose secrets are watched and looked at in memory).
+    /// How often to look at the store and the policies for changes (default 2s for a folder;
+    /// 200ms for Kubernetes, whose secrets and policies are watched and looked at in memory).
     #[arg(long, value_parser = parse_duration)]
     poll: Option<time::Duration>,
+    /// Kubernetes store: one of several replicas; act only while holding a
+    /// coordination.k8s.io/v1 Lease in the management cluster.
+    #[arg(long)]
+    leader_elect: bool,
+    /// The Lease's name.
+    #[arg(long, default_value = "meshca-trust")]
+    lease_name: String,
+    /// The Lease's namespace (the manager's own).
+    #[arg(long, env = "POD_NAMESPACE", default_value = "meshca-system")]
+    lease_namespace: String,
+    /// How long an unrenewed Lease holds before another replica takes over; the holder stops
+    /// acting after two thirds of it without a renewal.
+    #[arg(long, default_value = "15s", value_parser = parse_duration)]
+    lease_duration: time::Duration,
+    /// This replica's name in the Lease [default: $POD_NAME, else HOST-PID].
+    #[arg(long, env = "POD_NAME")]
+    lease_identity: Option<String>,
+    /// Read the current time from FILE (one RFC 3339 line) instead of the system clock, so that
+    /// a drill can move time through a rotation's phases.
+    #[arg(long, value_name = "FILE")]
+    clock_file: Option<PathBuf>,
 }
 
 #[derive(clap::Args)]
@@ -247,6 +288,7 @@ pub fn run(cmd: Command) -> anyhow::Result<ExitCode> {
         Command::RotateRoot(a) => rotate_root(&a, now, &mut out),
         Command::Status(s) => status(&s, now, &mut out),
         Command::Simulate(s) => simulate_cmd(&s, now, &mut out),
+        Command::Crds(c) => crds(&c, &mut out),
         Command::Run(r) => {
             drop(out);
             run_loop(&r)
@@ -503,63 +545,149 @@ fn simulate_cmd(
     })
 }
 
-/// `trust run`: the library's manager ([`meshca_trust::manager`]) on the system clock, printing
-/// what it does, until SIGINT or SIGTERM (seen between reconciles: a reconcile in progress is
-/// never cut off).
+/// `trust run`: the library's manager ([`meshca_trust::manager`]) printing what it does, until
+/// SIGINT or SIGTERM (seen between reconciles: a reconcile in progress is never cut off). Its
+/// policies are one file, or every RootTrustPolicy resource of the management cluster (whose
+/// status it then writes); with `--leader-elect` it acts only while holding the Lease.
 fn run_loop(r: &RunArgs) -> anyhow::Result<ExitCode> {
-    use meshca_trust::manager::{Event, Manager, ManagerConfig, SystemClock};
+    use meshca_kube::lease::{LeaderOnly, Leadership, LeaseConfig};
+    use meshca_trust::manager::{
+        Clock, Event, FileClock, Manager, ManagerConfig, PolicyFile, PolicySource, SystemClock,
+    };
     use std::sync::atomic::{AtomicBool, Ordering};
-    let (policy, store) = load(&r.common)?;
-    let args = &r.common.store;
+    // What is not a reconcile's outcome (a status not written, a watch refused) is logged.
+    let filter = tracing_subscriber::EnvFilter::try_from_env("MESHCA_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+    let args = &r.store;
     let mgmt = args.mgmt_cluster.clone();
+    if r.policy.is_none() && !args.is_kube() {
+        anyhow::bail!(
+            "trust run: give the policy with -f FILE, or use --store kube to apply the RootTrustPolicy resources of the management cluster"
+        );
+    }
+    if r.leader_elect && !args.is_kube() {
+        anyhow::bail!(
+            "--leader-elect needs the Kubernetes store (--store kube): the Lease lives in the management cluster"
+        );
+    }
+    let file = r.policy.as_deref().map(PolicyFile::open).transpose()?;
+    let identity = r.lease_identity.clone().unwrap_or_else(|| {
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|h| h.trim().to_owned())
+            .unwrap_or_else(|_| "meshca".to_owned());
+        format!("{host}-{}", std::process::id())
+    });
+    let owner = file
+        .as_ref()
+        .and_then(|f| f.policy().map(|p| format!("{}/{}", p.namespace, p.name)));
+    let store = args.open_for(owner, r.leader_elect.then(|| identity.clone()))?;
     let poll = match (r.poll, &store) {
         (Some(p), _) => to_std(p),
         (None, Store::Kube(_)) => StdDuration::from_millis(200),
         (None, Store::Folder(_)) => StdDuration::from_secs(2),
     }
     .max(StdDuration::from_millis(50));
-    if let Store::Kube(k) = &store {
-        watch_policy_secrets(k, &policy, &mgmt)?;
-    }
     let stop = std::sync::Arc::new(AtomicBool::new(false));
-    {
-        let stop = std::sync::Arc::clone(&stop);
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()?;
+    stop_on_signals(&stop)?;
+    let clock: Box<dyn Clock> = match &r.clock_file {
+        Some(f) => Box::new(FileClock::open(f)?),
+        None => Box::new(SystemClock),
+    };
+    let leadership = match (&store, r.leader_elect) {
+        (Store::Kube(k), true) => {
+            let client = k.client(&mgmt).ok_or_else(|| {
+                anyhow::anyhow!("the management cluster {mgmt:?} is not configured")
+            })?;
+            let cfg = LeaseConfig {
+                name: r.lease_name.clone(),
+                namespace: r.lease_namespace.clone(),
+                identity: identity.clone(),
+                duration: to_std(r.lease_duration).max(StdDuration::from_secs(1)),
+            };
+            let l = Leadership::start(client, k.handle(), cfg);
+            println!(
+                "waiting for lease {}/{} as {identity}",
+                r.lease_namespace, r.lease_name
+            );
+            stdout_flush();
+            if !l.wait_until_leader(&stop) {
+                l.release();
+                return stopped();
+            }
+            println!(
+                "leading: lease {}/{} held by {identity}",
+                r.lease_namespace, r.lease_name
+            );
+            stdout_flush();
+            Some(l)
+        }
+        _ => None,
+    };
+    // A leader that cannot renew in time stops: its store refuses writes from that moment, and
+    // the process ends so that it campaigns afresh (as client-go's leaders do).
+    let lost = std::sync::Arc::new(AtomicBool::new(false));
+    if let Some(l) = &leadership {
+        let (l, stop, lost) = (
+            l.clone(),
+            std::sync::Arc::clone(&stop),
+            std::sync::Arc::clone(&lost),
+        );
         std::thread::spawn(move || {
-            rt.block_on(async {
-                let term =
-                    tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate());
-                match term {
-                    Ok(mut term) => tokio::select! {
-                        _ = tokio::signal::ctrl_c() => {},
-                        _ = term.recv() => {},
-                    },
-                    Err(_) => {
-                        let _ = tokio::signal::ctrl_c().await;
-                    }
+            while !stop.load(Ordering::SeqCst) {
+                if !l.is_leader() {
+                    lost.store(true, Ordering::SeqCst);
+                    stop.store(true, Ordering::SeqCst);
+                    return;
                 }
-            });
-            stop.store(true, Ordering::SeqCst);
+                std::thread::sleep(StdDuration::from_millis(50));
+            }
         });
     }
+    let guarded = leadership
+        .as_ref()
+        .map(|l| LeaderOnly::new(store.as_dyn(), l.clone()));
+    let target: &dyn SecretStore = match &guarded {
+        Some(g) => g,
+        None => store.as_dyn(),
+    };
+    let (source, mut status): (Box<dyn PolicySource + '_>, _) = match (file, &store) {
+        (Some(f), _) => (Box::new(f), None),
+        (None, Store::Kube(k)) => {
+            let (source, writer) = meshca_kube::policies::watch_policies(k, identity.clone())
+                .map_err(|e| anyhow::anyhow!(e))?;
+            (Box::new(source), Some(writer))
+        }
+        (None, Store::Folder(_)) => {
+            unreachable!("checked above: resources need the Kubernetes store")
+        }
+    };
+    let from_file = status.is_none();
     let cfg = ManagerConfig {
         mgmt: mgmt.clone(),
         only: args.only(),
         resync: r.resync.max(time::Duration::SECOND),
         poll,
     };
-    let mut manager = Manager::new(store.as_dyn(), &SystemClock, &r.common.policy, cfg)?;
+    let mut manager = Manager::with_source(target, clock.as_ref(), source, cfg);
     let mut failure: Option<anyhow::Error> = None;
+    let mut watched = std::collections::BTreeSet::new();
     manager.run(&stop, &mut |e| {
-        let printed = print_event(e);
-        if let (Event::PolicyReloaded, Store::Kube(k)) = (e, &store) {
-            // The new policy may name secrets in other namespaces: watch them too.
-            let watched =
-                read_policy(&r.common.policy).and_then(|p| watch_policy_secrets(k, &p, &mgmt));
-            if let Err(e) = watched {
-                println!("meshca: error: {e}");
+        let printed = print_event(e, from_file);
+        if let Store::Kube(k) = &store {
+            if let Event::Reconciled { policy, .. } | Event::Loaded(policy) = e
+                && let Some(p) = &policy.policy
+                && watched.insert((p.namespace.clone(), p.name.clone()))
+                && let Err(err) = watch_policy_secrets(k, p, &mgmt)
+            {
+                // Reads still work without the watch, one request each.
+                println!("meshca: warning: {err}");
+            }
+            if let Some(w) = status.as_mut() {
+                w.record(e, target, &mgmt, clock.now());
             }
         }
         if let Err(e) = printed {
@@ -569,17 +697,69 @@ fn run_loop(r: &RunArgs) -> anyhow::Result<ExitCode> {
         }
         stdout_flush();
     });
+    if let Some(l) = &leadership {
+        l.release();
+    }
+    if lost.load(Ordering::SeqCst) {
+        let (holder, error) = leadership.map(|l| l.observed()).unwrap_or_default();
+        anyhow::bail!(
+            "lost lease {}/{} ({}): stopped acting",
+            r.lease_namespace,
+            r.lease_name,
+            error.unwrap_or_else(
+                || holder.map_or("not renewed in time".to_owned(), |h| format!(
+                    "now held by {h}"
+                ))
+            )
+        );
+    }
     match failure {
         Some(e) => Err(e),
         None => stopped(),
     }
 }
 
-fn print_event(e: &meshca_trust::manager::Event) -> std::io::Result<()> {
+/// Sets `stop` on SIGINT or SIGTERM.
+fn stop_on_signals(stop: &std::sync::Arc<std::sync::atomic::AtomicBool>) -> anyhow::Result<()> {
+    let stop = std::sync::Arc::clone(stop);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    std::thread::spawn(move || {
+        rt.block_on(async {
+            let term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate());
+            match term {
+                Ok(mut term) => tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {},
+                    _ = term.recv() => {},
+                },
+                Err(_) => {
+                    let _ = tokio::signal::ctrl_c().await;
+                }
+            }
+        });
+        stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    });
+    Ok(())
+}
+
+fn print_event(e: &meshca_trust::manager::Event<'_>, from_file: bool) -> std::io::Result<()> {
     use meshca_trust::manager::Event;
     let mut stdout = std::io::stdout().lock();
+    let prefix = |id: &str| {
+        if from_file {
+            String::new()
+        } else {
+            format!("policy {id}: ")
+        }
+    };
     match e {
-        Event::Reconciled { at, report, next } => {
+        Event::Reconciled {
+            policy,
+            at,
+            report,
+            next,
+        } => {
             let changed: Vec<_> = report
                 .clusters
                 .iter()
@@ -590,7 +770,7 @@ fn print_event(e: &meshca_trust::manager::Event) -> std::io::Result<()> {
                 &mut stdout,
                 &Report {
                     clusters: changed,
-                    ..report.clone()
+                    ..(*report).clone()
                 },
             )?;
             let fresh = report
@@ -601,7 +781,8 @@ fn print_event(e: &meshca_trust::manager::Event) -> std::io::Result<()> {
             let failed = report.clusters.iter().filter(|(_, o)| !o.is_ok()).count();
             writeln!(
                 stdout,
-                "reconciled at {}: {} cluster(s) fresh{}; next check {}",
+                "{}reconciled at {}: {} cluster(s) fresh{}; next check {}",
+                prefix(&policy.id),
                 meshca_pki::error::show_time(*at),
                 fresh,
                 if failed > 0 {
@@ -612,11 +793,40 @@ fn print_event(e: &meshca_trust::manager::Event) -> std::io::Result<()> {
                 meshca_pki::error::show_time(*next)
             )
         }
-        Event::Failed { error, .. } => writeln!(stdout, "meshca: error: {error}"),
-        Event::PolicyReloaded => writeln!(stdout, "policy changed: reloaded"),
-        Event::PolicyRefused(e) => writeln!(
+        Event::Failed { policy, error, .. } => {
+            writeln!(stdout, "meshca: error: {}{error}", prefix(&policy.id))
+        }
+        Event::Loaded(p) if from_file => {
+            let _ = p;
+            writeln!(stdout, "policy changed: reloaded")
+        }
+        Event::Loaded(p) => writeln!(
             stdout,
-            "meshca: error: policy not reloaded, keeping the last good one: {e}"
+            "policy {} loaded (generation {})",
+            p.id,
+            p.generation.unwrap_or_default()
+        ),
+        Event::Refused(p) if from_file => writeln!(
+            stdout,
+            "meshca: error: policy not reloaded, keeping the last good one: {}",
+            p.refused.as_deref().unwrap_or_default()
+        ),
+        Event::Refused(p) => writeln!(
+            stdout,
+            "meshca: error: {} (nothing is written for it)",
+            p.refused.as_deref().unwrap_or_default()
+        ),
+        Event::Removed(p) => writeln!(stdout, "policy {} removed: no longer applied", p.id),
+        Event::Conflict {
+            policy,
+            clusters,
+            with,
+        } => writeln!(
+            stdout,
+            "meshca: error: policy {}: cluster(s) {} also covered by {}: left alone until one policy covers each",
+            policy.id,
+            clusters.join(", "),
+            with.join(", ")
         ),
     }
 }
@@ -641,6 +851,29 @@ fn watch_policy_secrets(
     scopes.dedup();
     store.watch(&scopes)?;
     Ok(())
+}
+
+/// `trust crds`: the definitions, printed as one YAML stream or written one file each.
+fn crds(c: &CrdsArgs, out: &mut impl Write) -> anyhow::Result<ExitCode> {
+    use meshca_kube::crd::{Flavor, definition_yaml};
+    for (i, flavor) in Flavor::ALL.into_iter().enumerate() {
+        let yaml = definition_yaml(flavor);
+        match &c.dir {
+            Some(dir) => {
+                let path = dir.join(format!("{}.yaml", flavor.crd_name()));
+                std::fs::write(&path, &yaml)
+                    .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+                writeln!(out, "wrote {}", path.display())?;
+            }
+            None => {
+                if i > 0 {
+                    writeln!(out, "---")?;
+                }
+                write!(out, "{yaml}")?;
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 fn stopped() -> anyhow::Result<ExitCode> {

@@ -46,7 +46,7 @@ enum Command {
     Check(cmd_check::Args),
     /// Managed, rotated intermediate CAs for every cluster from a RootTrustPolicy.
     #[command(subcommand)]
-    Trust(cmd_trust::Command),
+    Trust(Box<cmd_trust::Command>),
     /// Check that workloads carry certificates from the plugged-in CA and share one root.
     #[command(subcommand)]
     Verify(cmd_verify::Command),
@@ -61,7 +61,7 @@ fn main() -> ExitCode {
         Command::Serve(a) => cmd_serve::run(*a),
         Command::Token(c) => cmd_token::run(c),
         Command::Verify(c) => cmd_verify::run(c),
-        Command::Trust(c) => cmd_trust::run(c),
+        Command::Trust(c) => cmd_trust::run(*c),
         Command::Check(a) => cmd_check::run(a),
         Command::Agent(a) => cmd_agent::run(*a),
         Command::Quickstart(a) => cmd_quickstart::run(a),

@@ -528,38 +528,7 @@ current-context: {cluster}
 /// Seed 001's root, made by meshca and stored with the seed's kubectl command (as the admin),
 /// and the seed's policy in `policy.yaml`.
 fn seed_root(cp: &ControlPlane, dir: &Path) {
-    run_in(
-        MESHCA,
-        dir,
-        ["certs", "root-ca"],
-        &[
-            ("ROOTCA_CN", "Solo Root CA"),
-            ("ROOTCA_KEY_TYPE", "ecdsa-p256"),
-        ],
-    )
-    .ok();
-    for (to, from) in [
-        ("ca-cert.pem", "root-cert.pem"),
-        ("ca-key.pem", "root-key.pem"),
-        ("cert-chain.pem", "root-cert.pem"),
-    ] {
-        std::fs::copy(dir.join(from), dir.join(to)).unwrap();
-    }
-    let from = |f: &str| format!("--from-file={}", dir.join(f).display());
-    cp.kubectl_ok([
-        "--context",
-        "mgmt",
-        "-n",
-        "gloo-mesh",
-        "create",
-        "secret",
-        "generic",
-        "my-root-trust-policy.gloo-mesh",
-        &from("ca-cert.pem"),
-        &from("ca-key.pem"),
-        &from("cert-chain.pem"),
-        &from("root-cert.pem"),
-    ]);
+    cp.seed_root(Path::new(MESHCA), dir);
     std::fs::write(dir.join("policy.yaml"), SEED_001_POLICY).unwrap();
 }
 
@@ -659,21 +628,19 @@ fn bases_apply_to_real_api_servers_and_grant_exactly_what_is_used() {
     let t = tempfile::tempdir().unwrap();
     let d = t.path();
     let deploy = staged_deploy(d);
-    let cp = ControlPlane::start(&["mgmt", "cluster1"]);
+    let cp = ControlPlane::start(&["mgmt", "cluster1", "cluster2"]);
     // What Gloo and Istio would have made: the policies' namespace, istio-system everywhere.
     for ns in ["gloo-mesh", "istio-system"] {
         cp.kubectl_ok(["--context", "mgmt", "create", "namespace", ns]);
     }
-    cp.kubectl_ok([
-        "--context",
-        "cluster1",
-        "create",
-        "namespace",
-        "istio-system",
-    ]);
+    for c in ["cluster1", "cluster2"] {
+        cp.kubectl_ok(["--context", c, "create", "namespace", "istio-system"]);
+    }
 
     apply(&cp, "mgmt", &deploy.join("manager"));
-    apply(&cp, "cluster1", &deploy.join("remote"));
+    for c in ["cluster1", "cluster2"] {
+        apply(&cp, c, &deploy.join("remote"));
+    }
     // The CA base through the overlay docs/DEPLOY.md shows, naming the cluster.
     let overlay = d.join("cluster1-ca");
     std::fs::create_dir_all(&overlay).unwrap();
@@ -799,6 +766,7 @@ images:
     let kubeconfig = manager_kubeconfig(&cp, d, &manager);
     let kubeconfig = kubeconfig.to_str().unwrap();
     remote_secret(&cp, d, "cluster1");
+    remote_secret(&cp, d, "cluster2");
     seed_root(&cp, d);
     // The seed's policy is a RootTrustPolicy the API server takes.
     cp.kubectl_ok([
@@ -841,20 +809,36 @@ images:
     apply.says("cluster1: cacerts created");
     assert!(secret_exists(&cp, "cluster1", "istio-system", "cacerts"));
 
-    // `trust run` watches istio-system and gloo-mesh in the management cluster and istio-system
-    // in cluster1. It logs nothing of a refused watch (it falls back to reads), so the test
-    // counts the watches each API server holds open instead.
+    // `trust run` as the Deployment runs it: the policy resources, one leader, status written.
+    // It watches istio-system and gloo-mesh in the management cluster and istio-system in each
+    // workload cluster; a refused watch only falls back to reads, so the test counts the
+    // watches each API server holds open.
     assert_eq!(secret_watches(&cp, "mgmt"), 0.0);
     let mut args = vec!["trust", "run"];
-    args.extend_from_slice(&kube);
-    // Leader election once `trust run` has it, with the Deployment's own flags.
-    let run_help = run_in(MESHCA, d, ["trust", "run", "--help"], &[]).stdout;
-    let elects = names_flag(&run_help, "--leader-elect");
-    if elects {
-        args.extend_from_slice(&["--leader-elect", "--lease-namespace", "meshca-system"]);
-    }
+    args.extend_from_slice(&kube[2..]);
+    args.extend_from_slice(&["--leader-elect", "--lease-namespace", "meshca-system"]);
     let run = Manager::start(d, &args);
     run.await_line("reconciled at", Duration::from_secs(60));
+    let ready = || {
+        cp.kubectl()
+            .args(["--context", "mgmt", "-n", "gloo-mesh", "get"])
+            .args(["roottrustpolicies.admin.gloo.solo.io", "root-trust-policy", "-o"])
+            .arg("jsonpath={.status.readyClusters} {.status.conditions[?(@.type==\"Ready\")].status}")
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_default()
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while ready() != "2/2 True" {
+        assert!(
+            Instant::now() < deadline,
+            "status {:?}\n{}",
+            ready(),
+            run.stderr()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(secret_exists(&cp, "cluster2", "istio-system", "cacerts"));
     let deadline = Instant::now() + Duration::from_secs(20);
     while (secret_watches(&cp, "mgmt"), secret_watches(&cp, "cluster1")) != (2.0, 1.0) {
         assert!(
@@ -866,17 +850,18 @@ images:
         );
         std::thread::sleep(Duration::from_millis(200));
     }
-    if elects {
-        cp.kubectl_ok([
-            "--context",
-            "mgmt",
-            "-n",
-            "meshca-system",
-            "get",
-            "lease",
-            "meshca-trust",
-        ]);
-    }
+    let holder = cp.kubectl_ok([
+        "--context",
+        "mgmt",
+        "-n",
+        "meshca-system",
+        "get",
+        "lease",
+        "meshca-trust",
+        "-o",
+        "jsonpath={.spec.holderIdentity}",
+    ]);
+    assert!(!holder.is_empty(), "the lease has a holder");
     // A cacerts deleted in cluster1 is put back: seen through the remote account's watch,
     // created with its rights.
     cp.kubectl_ok([

@@ -10,80 +10,16 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use meshca_testkit::kube::{ControlPlane, kubectl_bin, request_count};
+use meshca_testkit::kube::{ControlPlane, request_count};
 use meshca_testkit::{openssl, run_in};
 
 const MESHCA: &str = env!("CARGO_BIN_EXE_meshca");
 
 use meshca_testkit::SEED_001_POLICY as SEED_POLICY;
 
-/// A shell with the seed's environment: the contexts, and the built kubectl first on the PATH.
-fn seed_shell(cp: &ControlPlane, dir: &Path, script: &str) -> meshca_testkit::Run {
-    let bin = dir.join("bin");
-    if !bin.exists() {
-        std::fs::create_dir_all(&bin).unwrap();
-        std::os::unix::fs::symlink(kubectl_bin(), bin.join("kubectl")).unwrap();
-    }
-    let path = format!(
-        "{}:{}",
-        bin.display(),
-        std::env::var("PATH").unwrap_or_default()
-    );
-    let kubeconfig = cp.kubeconfig().display().to_string();
-    let home = dir.join("home").display().to_string();
-    run_in(
-        "sh",
-        dir,
-        ["-ec", script],
-        &[
-            ("PATH", &path),
-            ("KUBECONFIG", &kubeconfig),
-            ("HOME", &home),
-            ("MGMT_CONTEXT", "mgmt"),
-            ("REMOTE_CONTEXT1", "cluster1"),
-            ("REMOTE_CONTEXT2", "cluster2"),
-        ],
-    )
-}
-
-/// The control plane with what Gloo and Istio would have installed: the `gloo-mesh` namespace
-/// in the management cluster, `istio-system` in the workload clusters.
-fn mesh() -> ControlPlane {
-    let cp = ControlPlane::start(&["mgmt", "cluster1", "cluster2"]);
-    cp.kubectl_ok(["--context", "mgmt", "create", "namespace", "gloo-mesh"]);
-    for c in ["cluster1", "cluster2"] {
-        cp.kubectl_ok(["--context", c, "create", "namespace", "istio-system"]);
-    }
-    cp
-}
-
-/// Seed 001 step 1, as written: a root made by meshca (the Makefile's stand-in), copied into the
-/// four names, stored with the seed's own kubectl command; and the seed's policy in a file.
+/// Seed 001 step 1 (see [`ControlPlane::seed_root`]), and the seed's policy in files.
 fn seed_root(cp: &ControlPlane, dir: &Path) {
-    run_in(
-        MESHCA,
-        dir,
-        ["certs", "root-ca"],
-        &[
-            ("ROOTCA_CN", "Solo Root CA"),
-            ("ROOTCA_ORG", "Istio"),
-            ("ROOTCA_KEY_TYPE", "ecdsa-p256"),
-        ],
-    )
-    .ok();
-    seed_shell(
-        cp,
-        dir,
-        "cp root-cert.pem ca-cert.pem
-cp root-key.pem ca-key.pem
-cp root-cert.pem cert-chain.pem
-kubectl --context $MGMT_CONTEXT -n gloo-mesh create secret generic my-root-trust-policy.gloo-mesh \\
---from-file=./ca-cert.pem \\
---from-file=./ca-key.pem \\
---from-file=./cert-chain.pem \\
---from-file=./root-cert.pem",
-    )
-    .ok();
+    cp.seed_root(Path::new(MESHCA), dir);
     // ECDSA intermediates keep the test fast; the policy is the seed's otherwise.
     let policy = SEED_POLICY.replace(
         "      ttlDays: 1\n",
@@ -128,8 +64,7 @@ fn secret_field(
     key: &str,
 ) -> String {
     let key = key.replace('.', "\\.");
-    seed_shell(
-        cp,
+    cp.seed_shell(
         dir,
         &format!(
             "kubectl get secret {name} -n {ns} -o jsonpath='{{.data.{key}}}' --context {context} | base64 --decode"
@@ -174,12 +109,12 @@ fn secret_writes(cp: &ControlPlane, cluster: &str) -> f64 {
 /// root byte for byte, its intermediate verifies to that root with openssl, and it is labelled
 /// and annotated as meshca's.
 fn check_cacerts(cp: &ControlPlane, dir: &Path, cluster: &str) {
-    let out = seed_shell(
-        cp,
-        dir,
-        &format!("kubectl get secret cacerts -n istio-system --context {cluster}"),
-    )
-    .ok();
+    let out = cp
+        .seed_shell(
+            dir,
+            &format!("kubectl get secret cacerts -n istio-system --context {cluster}"),
+        )
+        .ok();
     out.says("cacerts");
     let root = secret_field(
         cp,
@@ -243,7 +178,7 @@ fn check_cacerts(cp: &ControlPlane, dir: &Path, cluster: &str) {
 
 #[test]
 fn seed_001_as_written_on_real_api_servers() {
-    let cp = mesh();
+    let cp = ControlPlane::mesh();
     let t = tempfile::tempdir().unwrap();
     let d = t.path();
     seed_root(&cp, d);
@@ -362,8 +297,7 @@ fn foreign_secrets_missing_namespaces_and_unreachable_clusters_are_reported() {
         ],
     )
     .ok();
-    seed_shell(
-        &cp,
+    cp.seed_shell(
         &other.join("handmade"),
         "kubectl create secret generic cacerts -n istio-system --context $REMOTE_CONTEXT1 \\
 --from-file=ca-cert.pem --from-file=ca-key.pem --from-file=root-cert.pem --from-file=cert-chain.pem",
@@ -478,7 +412,7 @@ fn cacerts_exists(cp: &ControlPlane, cluster: &str) -> bool {
 
 #[test]
 fn trust_run_watches_repairs_and_is_silent_when_idle() {
-    let mut cp = mesh();
+    let mut cp = ControlPlane::mesh();
     let t = tempfile::tempdir().unwrap();
     let d = t.path();
     seed_root(&cp, d);
@@ -599,7 +533,7 @@ fn trust_run_watches_repairs_and_is_silent_when_idle() {
 
 #[test]
 fn clusters_from_istio_remote_secrets() {
-    let cp = mesh();
+    let cp = ControlPlane::mesh();
     let t = tempfile::tempdir().unwrap();
     let d = t.path();
     seed_root(&cp, d);

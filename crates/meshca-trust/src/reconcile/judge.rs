@@ -136,6 +136,27 @@ pub(crate) fn signed_by(bundle: &CacertsBundle, ca: &Certificate) -> bool {
 }
 
 /// What a cluster's bundle needs against the target; a fresh one is noted in the records.
+/// Why an intermediate made for another `ttlDays` is re-issued: the policy was edited. One cut
+/// short to the CA's own end is as the policy wants; an external signer's profile sets its own
+/// lifetimes.
+fn other_lifetime(facts: &Facts, t: &Target<'_>, policy: &TrustPolicy) -> Option<String> {
+    if matches!(policy.root, RootSource::External(_)) {
+        return None;
+    }
+    let life = facts.signer_not_after - facts.signer_not_before;
+    let wanted = Duration::days(policy.ttl_days);
+    let slack = Duration::minutes(1);
+    let cut_short = facts.signer_not_after >= t.ca.signer.cert().not_after() - slack;
+    let differs = life > wanted + slack || (life < wanted - slack && !cut_short);
+    differs.then(|| {
+        format!(
+            "issued for {:.1} day(s); the policy asks for {}",
+            life.as_seconds_f64() / 86_400.0,
+            policy.ttl_days
+        )
+    })
+}
+
 pub(crate) fn classify(
     data: Option<&SecretData>,
     t: &Target<'_>,
@@ -153,6 +174,9 @@ pub(crate) fn classify(
     };
     if !j.signed {
         return Need::Reissue("not signed by the policy's CA".to_owned());
+    }
+    if let Some(reason) = other_lifetime(&j.facts, t, policy) {
+        return Need::Reissue(reason);
     }
     let due = renew_at(
         j.facts.signer_not_before,

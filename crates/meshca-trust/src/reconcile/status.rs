@@ -15,6 +15,8 @@ pub struct ClusterStatus {
     pub next_renewal: Option<String>,
     /// Where this cluster is in a root rotation, if one is in progress.
     pub rotation: Option<String>,
+    /// SHA-256 fingerprints of the roots its bundle trusts.
+    pub roots: Vec<String>,
     /// Problems found; empty when healthy.
     pub problems: Vec<String>,
 }
@@ -83,6 +85,7 @@ pub fn status(
             not_after: None,
             next_renewal: None,
             rotation: None,
+            roots: Vec::new(),
             problems: Vec::new(),
         };
         let data = store.read(&cacerts_key(&cluster))?;
@@ -104,6 +107,7 @@ pub fn status(
                 Err(e) => st.problems.push(e.to_string()),
                 Ok(b) => {
                     let c = b.signer().cert();
+                    st.roots = b.roots().iter().map(fingerprint).collect();
                     st.serial = Some(hex_colons(c.x509().raw_serial()));
                     st.not_after = Some(show_time(c.not_after()));
                     st.next_renewal = Some(show_time(renew_at(
