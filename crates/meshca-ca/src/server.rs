@@ -399,13 +399,10 @@ async fn keep_current(
                     continue;
                 };
                 let shown = dir.display().to_string();
-                let attempt = meshca_pki::CacertsBundle::from_files(&files, &shown, now)
-                    .map_err(CaError::from)
-                    .map(|b| LoadedCa::new(b, fp.clone()))
-                    .and_then(|new| {
-                        source::check_root_change(&current, &new, &shown, config.allow_root_change)
-                            .map(|()| new)
-                    });
+                let attempt = source::load_files(&files, &shown, fp.clone(), now).and_then(|new| {
+                    source::check_root_change(&current, &new, &shown, config.allow_root_change)
+                        .map(|()| new)
+                });
                 match attempt {
                     Ok(new) => Some(new),
                     Err(e) => {

@@ -69,8 +69,22 @@ pub fn read_folder(dir: &Path) -> Result<(BundleFiles, Vec<u8>), CaError> {
 /// Loads and checks a `cacerts` folder.
 pub fn load_folder(dir: &Path, now: OffsetDateTime) -> Result<LoadedCa, CaError> {
     let (files, fp) = read_folder(dir)?;
-    let bundle = CacertsBundle::from_files(&files, &dir.display().to_string(), now)?;
-    Ok(LoadedCa::new(bundle, fp))
+    load_files(&files, &dir.display().to_string(), fp, now)
+}
+
+/// Checks a bundle's files as serve takes them into use, at start and on every reload: the
+/// bundle's own checks, then what istiod's Go verifier adds, extended key usage allowing
+/// serverAuth on every certificate of the path (istiod refuses a CA whose chain excludes it).
+/// `dir` prefixes file names in errors; `fingerprint` identifies the content.
+pub fn load_files(
+    files: &BundleFiles,
+    dir: &str,
+    fingerprint: Vec<u8>,
+    now: OffsetDateTime,
+) -> Result<LoadedCa, CaError> {
+    let bundle = CacertsBundle::from_files(files, dir, now)?;
+    bundle.path().check_server_auth_usage()?;
+    Ok(LoadedCa::new(bundle, fingerprint))
 }
 
 /// Checks that `new` may replace `old`: its root bundle must still hold the root in use,

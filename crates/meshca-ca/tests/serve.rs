@@ -641,6 +641,135 @@ async fn a_new_root_is_refused_unless_allowed() {
     }
 }
 
+/// A copy of the bundle `d/<from>` in `d/<to>` whose ca-cert.pem the `openssl` CLI re-issued
+/// (same key, same root) with `extendedKeyUsage = <eku>`.
+fn reissue_with_eku(d: &Path, from: &str, to: &str, eku: &str) -> PathBuf {
+    let out = d.join(to);
+    std::fs::create_dir_all(&out).unwrap();
+    std::fs::write(
+        d.join(format!("{to}.ext")),
+        format!(
+            "basicConstraints = critical, CA:TRUE\nkeyUsage = critical, keyCertSign, cRLSign\n\
+             extendedKeyUsage = {eku}\n"
+        ),
+    )
+    .unwrap();
+    let key = format!("{from}/ca-key.pem");
+    let csr = format!("{to}/ca.csr");
+    let cert = format!("{to}/ca-cert.pem");
+    let ext = format!("{to}.ext");
+    openssl(
+        d,
+        [
+            "req",
+            "-new",
+            "-key",
+            &key,
+            "-subj",
+            "/O=meshca/CN=restricted",
+            "-out",
+            &csr,
+        ],
+    )
+    .ok();
+    openssl(
+        d,
+        [
+            "x509",
+            "-req",
+            "-in",
+            &csr,
+            "-CA",
+            "root-cert.pem",
+            "-CAkey",
+            "root-key.pem",
+            "-set_serial",
+            "4242",
+            "-days",
+            "30",
+            "-extfile",
+            &ext,
+            "-out",
+            &cert,
+        ],
+    )
+    .ok();
+    std::fs::copy(d.join(&key), out.join("ca-key.pem")).unwrap();
+    std::fs::copy(d.join("root-cert.pem"), out.join("root-cert.pem")).unwrap();
+    let chain = [
+        std::fs::read(out.join("ca-cert.pem")).unwrap(),
+        std::fs::read(d.join("root-cert.pem")).unwrap(),
+    ]
+    .concat();
+    std::fs::write(out.join("cert-chain.pem"), chain).unwrap();
+    std::fs::remove_file(out.join("ca.csr")).unwrap();
+    out
+}
+
+/// istiod verifies its CA for serverAuth (Go's verifier): a signing certificate whose extended
+/// key usage excludes it is refused at start with one line naming the file, and a reload to
+/// one is refused, logged and counted while the last good CA keeps issuing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ca_whose_extended_key_usage_excludes_server_auth_is_refused() {
+    let t = tempfile::tempdir().unwrap();
+    let d = t.path();
+    make_clusters(d, &["c1"]);
+    let jwt = Jwt::new(d);
+    let bad = reissue_with_eku(d, "c1", "client-only", "clientAuth");
+    assert!(
+        x509_text(&bad, "ca-cert.pem").contains(
+            "X509v3 Extended Key Usage: \n                TLS Web Client Authentication\n"
+        )
+    );
+    let err = meshca_ca::start(
+        config(CaSource::Folder(bad.clone()), &jwt),
+        Arc::new(SystemClock),
+    )
+    .await
+    .err()
+    .expect("refused at start")
+    .to_string();
+    assert_eq!(
+        err,
+        format!(
+            "{}/ca-cert.pem: extended key usage (clientAuth) excludes serverAuth; istiod refuses \
+             such a CA (Go verifies the chain for serverAuth)",
+            bad.display()
+        )
+    );
+    // serverAuth among the usages, or "any", is what Go asks for.
+    for eku in ["serverAuth, clientAuth", "anyExtendedKeyUsage"] {
+        let ok = reissue_with_eku(d, "c1", "fine", eku);
+        let server = start_on(&ok, &jwt, |_| {}).await;
+        server.shutdown().await.unwrap();
+    }
+
+    let mount = d.join("mount");
+    mount_bundle(&mount, &d.join("c1"), 1);
+    let server = start_on(&mount, &jwt, |_| {}).await;
+    let c1_ca = std::fs::read_to_string(d.join("c1/ca-cert.pem")).unwrap();
+    mount_bundle(&mount, &bad, 2);
+    eventually("the reload refused", || async {
+        reload_failures(&server).await >= 1.0
+    })
+    .await;
+    let m = metrics_text(&server).await;
+    assert_eq!(metric(&m, "meshca_ca_last_known_good"), 0.0);
+    assert_eq!(metric(&m, "meshca_ca_reload_success_count"), 0.0);
+    let root = std::fs::read_to_string(d.join("root-cert.pem")).unwrap();
+    let (_k, csr) = csr_for("spiffe://cluster.local/ns/foo/sa/sleep");
+    let token = jwt.token("foo", "sleep", "istio-ca");
+    let chain = client(&server, &root, None)
+        .await
+        .create_certificate(request(csr, Some(&token), 0))
+        .await
+        .unwrap()
+        .into_inner()
+        .cert_chain;
+    assert_eq!(chain[1], c1_ca, "the last good CA still issues");
+    server.shutdown().await.unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_self_signed_root_survives_a_restart_and_rotates_keeping_its_key() {
     let t = tempfile::tempdir().unwrap();

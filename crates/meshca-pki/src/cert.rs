@@ -13,6 +13,11 @@ use crate::error::PkiError;
 use crate::key::PrivateKey;
 use crate::pem::{self, Kind};
 
+/// Netscape Server Gated Crypto, which Go's verifier accepts in place of serverAuth.
+const NETSCAPE_SGC: &str = "2.16.840.1.113730.4.1";
+/// Microsoft Server Gated Crypto, likewise.
+const MICROSOFT_SGC: &str = "1.3.6.1.4.1.311.10.3.3";
+
 /// A parsed-once X.509 certificate.
 ///
 /// A value exists only if its DER parsed; the facts below are read at construction.
@@ -223,6 +228,54 @@ impl Certificate {
     pub fn has_weak_signature(&self) -> bool {
         let s = self.signature_algorithm.to_ascii_lowercase();
         s.contains("sha1") || s.contains("md5")
+    }
+
+    /// The extended key usages the certificate lists, by their short names (`serverAuth`,
+    /// `clientAuth`, `anyExtendedKeyUsage`, ...; others as dotted OIDs), or `None` when it has no
+    /// extendedKeyUsage extension.
+    pub fn extended_key_usages(&self) -> Option<Vec<String>> {
+        // The DER parsed when this value was made, extensions included, so only a duplicated
+        // extension (which x509-parser reports as an error here) can fail: treat it as listed.
+        let x509 = self.x509();
+        let eku = match x509.extended_key_usage() {
+            Ok(Some(e)) => e.value,
+            Ok(None) => return None,
+            Err(_) => return Some(vec!["(duplicated extendedKeyUsage extension)".to_owned()]),
+        };
+        let mut names: Vec<String> = [
+            (eku.any, "anyExtendedKeyUsage"),
+            (eku.server_auth, "serverAuth"),
+            (eku.client_auth, "clientAuth"),
+            (eku.code_signing, "codeSigning"),
+            (eku.email_protection, "emailProtection"),
+            (eku.time_stamping, "timeStamping"),
+            (eku.ocsp_signing, "OCSPSigning"),
+        ]
+        .iter()
+        .filter(|(on, _)| *on)
+        .map(|(_, n)| (*n).to_owned())
+        .collect();
+        names.extend(eku.other.iter().map(|o| o.to_id_string()));
+        Some(names)
+    }
+
+    /// Whether a Go verifier asking for serverAuth (istiod verifying its `cacerts`, and any Go
+    /// TLS client) accepts this certificate on a chain: it has no extendedKeyUsage (or an empty
+    /// one), or it lists serverAuth, anyExtendedKeyUsage, or one of the two Server Gated
+    /// Crypto usages Go counts as serverAuth.
+    pub fn allows_server_auth(&self) -> bool {
+        match self.extended_key_usages() {
+            None => true,
+            Some(names) => {
+                names.is_empty()
+                    || names.iter().any(|n| {
+                        matches!(
+                            n.as_str(),
+                            "serverAuth" | "anyExtendedKeyUsage" | NETSCAPE_SGC | MICROSOFT_SGC
+                        )
+                    })
+            }
+        }
     }
 
     /// Whether `key` is the private half of this certificate's public key.

@@ -41,6 +41,20 @@ impl VerifiedPath {
             .min()
             .unwrap_or(OffsetDateTime::UNIX_EPOCH)
     }
+
+    /// Checks extended key usage along the path as Go's `x509.Verify` does when asked for
+    /// serverAuth (which is how istiod verifies its `cacerts`): every certificate that lists
+    /// usages, the root included, must allow serverAuth. Certificates without the extension
+    /// allow everything.
+    pub fn check_server_auth_usage(&self) -> Result<(), PkiError> {
+        match self.certs.iter().find(|c| !c.allows_server_auth()) {
+            None => Ok(()),
+            Some(c) => Err(PkiError::ServerAuthExcluded {
+                origin: c.origin().to_owned(),
+                usages: c.extended_key_usages().unwrap_or_default(),
+            }),
+        }
+    }
 }
 
 /// Verifies that `start` chains to one of `roots` at `now`, using `intermediates` as needed.
@@ -184,5 +198,78 @@ impl Search<'_> {
         if self.best_error.is_none() {
             self.best_error = Some(e);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)] // tests panic on setup failures by design
+
+    use rcgen::{
+        BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose,
+        IsCa, Issuer, KeyPair, KeyUsagePurpose,
+    };
+    use time::Duration;
+
+    use super::*;
+
+    fn ca_params(cn: &str, eku: &[ExtendedKeyUsagePurpose]) -> CertificateParams {
+        let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
+        let mut dn = DistinguishedName::new();
+        dn.push(DnType::CommonName, cn);
+        p.distinguished_name = dn;
+        p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        p.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+        p.extended_key_usages = eku.to_vec();
+        p.not_before = OffsetDateTime::now_utc() - Duration::hours(1);
+        p.not_after = OffsetDateTime::now_utc() + Duration::days(30);
+        p
+    }
+
+    /// A root with `root_eku`, and an intermediate with `ca_eku` below it; the path verified.
+    fn path(
+        root_eku: &[ExtendedKeyUsagePurpose],
+        ca_eku: &[ExtendedKeyUsagePurpose],
+    ) -> VerifiedPath {
+        let root_key = KeyPair::generate().unwrap();
+        let root_params = ca_params("root", root_eku);
+        let root = root_params.self_signed(&root_key).unwrap();
+        let ca_key = KeyPair::generate().unwrap();
+        let ca = ca_params("ca", ca_eku)
+            .signed_by(&ca_key, &Issuer::from_params(&root_params, &root_key))
+            .unwrap();
+        let root = Certificate::from_der(root.der().to_vec(), "root-cert.pem").unwrap();
+        let ca = Certificate::from_der(ca.der().to_vec(), "ca-cert.pem").unwrap();
+        verify_path(&ca, &[], &[root], OffsetDateTime::now_utc()).unwrap()
+    }
+
+    #[test]
+    fn extended_key_usage_is_checked_along_the_path_as_go_does_for_server_auth() {
+        use ExtendedKeyUsagePurpose::{Any, ClientAuth, CodeSigning, ServerAuth};
+        // No extension anywhere, serverAuth among others, or "any": allowed.
+        for (root, ca) in [
+            (&[][..], &[][..]),
+            (&[][..], &[ClientAuth, ServerAuth][..]),
+            (&[ServerAuth][..], &[Any][..]),
+        ] {
+            path(root, ca).check_server_auth_usage().unwrap();
+        }
+        let err = path(&[], &[ClientAuth])
+            .check_server_auth_usage()
+            .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "ca-cert.pem: extended key usage (clientAuth) excludes serverAuth; istiod refuses \
+             such a CA (Go verifies the chain for serverAuth)"
+        );
+        // The root counts too: Go checks every certificate of the chain.
+        let err = path(&[ClientAuth, CodeSigning], &[ServerAuth])
+            .check_server_auth_usage()
+            .unwrap_err();
+        assert!(
+            err.to_string()
+                .starts_with("root-cert.pem: extended key usage (clientAuth, codeSigning)"),
+            "{err}"
+        );
     }
 }

@@ -102,6 +102,18 @@ pub enum PkiError {
         /// the signature algorithm it uses
         algorithm: String,
     },
+    /// A certificate on a CA's path lists extended key usages without serverAuth. Go's verifier
+    /// checks the usages nest along the chain, and istiod verifies its `cacerts` for serverAuth.
+    #[error(
+        "{origin}: extended key usage ({}) excludes serverAuth; istiod refuses such a CA (Go verifies the chain for serverAuth)",
+        .usages.join(", ")
+    )]
+    ServerAuthExcluded {
+        /// the certificate
+        origin: String,
+        /// the usages it lists
+        usages: Vec<String>,
+    },
     /// A lifetime that is zero or negative.
     #[error("{field} must be at least 1 day, got {days}")]
     BadLifetime {

@@ -18,7 +18,8 @@ pub struct Args {
     /// gRPC address.
     #[arg(long, default_value = "0.0.0.0:15012")]
     listen: SocketAddr,
-    /// The cacerts folder (Istio or tls.crt layout).
+    /// The cacerts folder (Istio or tls.crt layout), checked at start and on every reload as
+    /// istiod checks it, extended key usage allowing serverAuth along the chain included.
     #[arg(long, default_value = "./etc/cacerts")]
     cacerts: PathBuf,
     /// Without a cacerts folder, keep a self-signed root here (made on first start, rotated at 20% life left).
