@@ -13,7 +13,8 @@ use meshca_store::{FileSpec, Transaction};
 use time::OffsetDateTime;
 use tonic::transport::{Channel, ClientTlsConfig, Identity};
 
-/// `cert-chain.pem`: the leaf and its intermediates.
+/// `cert-chain.pem`: the leaf, its intermediates and the root bundle, as istio-agent writes it
+/// and Envoy presents it.
 pub const CERT_CHAIN: &str = "cert-chain.pem";
 /// `key.pem`: the private key.
 pub const KEY: &str = "key.pem";
@@ -110,10 +111,14 @@ pub struct Request {
 pub struct Issued {
     /// The new key.
     pub key: PrivateKey,
-    /// Leaf first, then intermediates.
+    /// Leaf first, then intermediates (the path checked against the roots).
     pub chain: Vec<Certificate>,
     /// The root bundle as the CA sent it.
     pub roots_pem: String,
+    /// Every element of the answer concatenated, the root bundle last: what istio-agent keeps
+    /// as the workload chain (`concatCerts` in its secret cache) and Envoy presents, so a peer
+    /// running `openssl s_client -showcerts` sees the root too.
+    pub chain_pem: String,
 }
 
 impl Issued {
@@ -262,17 +267,31 @@ fn check_answer(
         key,
         chain,
         roots_pem,
+        chain_pem: concat_elements(&answer),
     })
 }
 
-/// Writes `cert-chain.pem`, `key.pem` (0600) and `root-cert.pem` into `dir`, all or none.
+/// istio-agent's `concatCerts`: the elements in order, a newline added between two only where
+/// the first does not already end with one.
+fn concat_elements(elements: &[String]) -> String {
+    let mut out = String::new();
+    for (i, e) in elements.iter().enumerate() {
+        out.push_str(e);
+        if i + 1 < elements.len() && !e.ends_with('\n') {
+            out.push('\n');
+        }
+    }
+    out
+}
+
+/// Writes `cert-chain.pem` (leaf, intermediates, root bundle), `key.pem` (0600) and
+/// `root-cert.pem` into `dir`, all or none.
 pub fn write_files(dir: &Path, issued: &Issued) -> Result<(), AgentError> {
-    let chain: String = issued.chain.iter().map(Certificate::pem).collect();
     let mut tx = Transaction::new();
     tx.write(
         dir,
         vec![
-            FileSpec::public(CERT_CHAIN, chain),
+            FileSpec::public(CERT_CHAIN, issued.chain_pem.clone()),
             FileSpec::private(KEY, issued.key.to_pkcs8_pem()),
             FileSpec::public(ROOT_CERT, issued.roots_pem.clone()),
         ],
@@ -291,4 +310,20 @@ pub fn current(dir: &Path) -> Option<(String, String, OffsetDateTime, OffsetDate
         .into_iter()
         .next()?;
     Some((chain, key, leaf.not_before(), leaf.not_after()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn elements_are_joined_as_istio_agent_joins_them() {
+        let e = |s: &str| s.to_owned();
+        assert_eq!(
+            concat_elements(&[e("leaf\n"), e("ca"), e("root\n")]),
+            "leaf\nca\nroot\n"
+        );
+        assert_eq!(concat_elements(&[e("leaf"), e("root")]), "leaf\nroot");
+        assert_eq!(concat_elements(&[]), "");
+    }
 }

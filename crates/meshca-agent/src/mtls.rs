@@ -1,7 +1,9 @@
 //! A small mTLS endpoint for proving cross-cluster trust: the server requires a client
 //! certificate that verifies against its root bundle and answers with both SPIFFE IDs; the
 //! client presents its own certificate, verifies the server's chain against its roots (by chain,
-//! not host name, as Istio does), and keeps the chain the server presented.
+//! not host name, as Istio does), and keeps the chain the server presented. Both sides present
+//! `cert-chain.pem` as it is, root included, as Envoy presents istio-agent's chain: peers
+//! verify up to their own roots and ignore the extra certificate.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -83,7 +85,8 @@ pub struct Endpoint {
 }
 
 impl Endpoint {
-    /// Starts serving `dir`'s `cert-chain.pem`, `key.pem`, and trusting its `root-cert.pem`.
+    /// Starts serving `dir`'s `cert-chain.pem` (leaf, intermediates, root bundle) and `key.pem`,
+    /// and trusting its `root-cert.pem`.
     pub async fn start(addr: SocketAddr, dir: &Path) -> Result<Self, AgentError> {
         let config = Arc::new(ArcSwap::new(server_config(dir)?));
         let listener = TcpListener::bind(addr)

@@ -1,6 +1,7 @@
 //! Two clusters with one root, a CA server each, an agent per cluster: mTLS across clusters works
 //! and each side sees the other's SPIFFE ID; a workload under another root is refused. The
-//! endpoint also passes the seed's own openssl s_client / sed / awk / diff / verify steps.
+//! endpoint also passes the seed's own openssl s_client / sed / awk / diff / verify steps, its
+//! chain ending with the root as Envoy's does.
 
 #![allow(clippy::unwrap_used)] // test helpers panic on setup failures by design
 
@@ -169,6 +170,9 @@ async fn workloads_in_two_clusters_trust_each_other_and_a_third_root_is_refused(
     )
     .unwrap();
     assert_eq!(res.server_chain[1], cluster1_ca);
+    // The root comes last, as Envoy presents istio-agent's chain.
+    assert_eq!(res.server_chain.len(), 3);
+    assert_eq!(res.server_chain[2], roots[0]);
 
     // A workload under another root: the server refuses its certificate...
     let refused = call(&addr, Some(&d.join("stranger")), Some(roots)).await;
@@ -234,12 +238,17 @@ async fn the_seeds_openssl_steps_pass_against_the_endpoint() {
         .await
         .unwrap();
     let port = server.local_addr.port();
-    // Istio's proxies send the root too; meshca's endpoint sends leaf and intermediate, and the
-    // seed's third file comes from the root bundle the workload holds.
+    // As istio-agent writes it: every element of the CA's answer, the root bundle last, written
+    // byte for byte as root-cert.pem is.
+    let chain = std::fs::read_to_string(d.join("httpbin/cert-chain.pem")).unwrap();
+    let root_file = std::fs::read_to_string(d.join("httpbin/root-cert.pem")).unwrap();
+    assert_eq!(meshca_testkit::pem_blocks(&chain).len(), 3, "{chain}");
+    assert!(chain.ends_with(&root_file), "{chain}");
+    // The seed's steps verbatim: Istio's proxies send the root too, and so does the endpoint, so
+    // proxy-cert-3.pem is the root, identical to the workload's root-cert.pem byte for byte.
     let script = format!(
         r#"set -e
 openssl s_client -showcerts -connect 127.0.0.1:{port} -cert sleep/cert-chain.pem -key sleep/key.pem </dev/null > httpbin-proxy-cert.txt 2>/dev/null || true
-cat httpbin/root-cert.pem >> httpbin-proxy-cert.txt
 sed -n '/-----BEGIN CERTIFICATE-----/{{:start /-----END CERTIFICATE-----/!{{N;b start}};/.*/p}}' httpbin-proxy-cert.txt > certs.pem
 awk 'BEGIN {{counter=0;}} /BEGIN CERT/{{counter++}} {{ print > "proxy-cert-" counter ".pem"}}' < certs.pem
 openssl x509 -in cluster1/root-cert.pem -text -noout > root-cert.crt.txt
@@ -249,6 +258,9 @@ openssl x509 -in cluster1/ca-cert.pem -text -noout > ca-cert.crt.txt
 openssl x509 -in ./proxy-cert-2.pem -text -noout > pod-cert-chain-ca.crt.txt
 diff -s ca-cert.crt.txt pod-cert-chain-ca.crt.txt
 openssl verify -CAfile <(cat cluster1/ca-cert.pem cluster1/root-cert.pem) ./proxy-cert-1.pem
+echo "certificates sent: $(grep -c 'BEGIN CERTIFICATE' certs.pem)"
+test ! -e proxy-cert-4.pem
+cmp proxy-cert-3.pem httpbin/root-cert.pem && echo "root is byte-equal to root-cert.pem"
 "#
     );
     let d2 = d.to_owned();
@@ -264,6 +276,16 @@ openssl verify -CAfile <(cat cluster1/ca-cert.pem cluster1/root-cert.pem) ./prox
     );
     assert!(
         out.stdout.contains("./proxy-cert-1.pem: OK"),
+        "{}",
+        out.stdout
+    );
+    assert!(
+        out.stdout.contains("certificates sent: 3"),
+        "{}",
+        out.stdout
+    );
+    assert!(
+        out.stdout.contains("root is byte-equal to root-cert.pem"),
         "{}",
         out.stdout
     );

@@ -1,5 +1,6 @@
-//! The workload story through the real binary: `meshca serve`, `meshca token`, `meshca agent`
-//! (once, and serving its mTLS endpoint), `meshca verify endpoint`, and `meshca quickstart`.
+//! The workload story through the real binary: `meshca serve` (and the CA it refuses),
+//! `meshca token`, `meshca agent` (once, and serving its mTLS endpoint, root included as Envoy
+//! presents it), `meshca verify endpoint`, and `meshca quickstart`.
 
 #![allow(clippy::unwrap_used)] // test helpers panic on setup failures by design
 
@@ -191,6 +192,11 @@ fn agent_serve_and_verify_endpoint_from_the_command_line() {
     )
     .ok();
     assert!(out.stdout.contains("all 3 checks passed"), "{}", out.stdout);
+    assert!(
+        !out.stdout.contains("not presented"),
+        "the endpoint presents the root: {}",
+        out.stdout
+    );
     let out = run_in(
         MESHCA,
         d,
@@ -232,6 +238,75 @@ fn agent_serve_and_verify_endpoint_from_the_command_line() {
     )
     .failed();
     assert_eq!(out.stderr.trim(), "meshca: error: token: not a JWT");
+}
+
+/// A signing certificate whose extended key usage excludes serverAuth: istiod refuses it, and so
+/// does `meshca serve`, with one line and a non-zero exit.
+#[test]
+fn serve_refuses_a_ca_whose_extended_key_usage_excludes_server_auth() {
+    let t = tempfile::tempdir().unwrap();
+    let d = t.path();
+    run_in(MESHCA, d, ["certs", "cluster1-cacerts"], FAST).ok();
+    std::fs::write(
+        d.join("client-only.ext"),
+        "basicConstraints = critical, CA:TRUE\nkeyUsage = critical, keyCertSign, cRLSign\n\
+         extendedKeyUsage = clientAuth\n",
+    )
+    .unwrap();
+    let openssl = |args: &[&str]| run_in("openssl", d, args, &[]).ok();
+    openssl(&[
+        "req",
+        "-new",
+        "-key",
+        "cluster1/ca-key.pem",
+        "-subj",
+        "/O=meshca/CN=client-only",
+        "-out",
+        "ca.csr",
+    ]);
+    openssl(&[
+        "x509",
+        "-req",
+        "-in",
+        "ca.csr",
+        "-CA",
+        "root-cert.pem",
+        "-CAkey",
+        "root-key.pem",
+        "-set_serial",
+        "4242",
+        "-days",
+        "30",
+        "-extfile",
+        "client-only.ext",
+        "-out",
+        "cluster1/ca-cert.pem",
+    ]);
+    let chain = [
+        std::fs::read(d.join("cluster1/ca-cert.pem")).unwrap(),
+        std::fs::read(d.join("root-cert.pem")).unwrap(),
+    ]
+    .concat();
+    std::fs::write(d.join("cluster1/cert-chain.pem"), chain).unwrap();
+    let out = run_in(
+        MESHCA,
+        d,
+        [
+            "serve",
+            "--cacerts",
+            "cluster1",
+            "--listen",
+            "127.0.0.1:0",
+            "--plaintext",
+        ],
+        &[("MESHCA_LOG", "off")],
+    )
+    .failed();
+    assert_eq!(
+        out.stderr.trim(),
+        "meshca: error: cluster1/ca-cert.pem: extended key usage (clientAuth) excludes \
+         serverAuth; istiod refuses such a CA (Go verifies the chain for serverAuth)"
+    );
 }
 
 #[test]
