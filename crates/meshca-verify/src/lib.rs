@@ -7,10 +7,12 @@
 #![forbid(unsafe_code)]
 
 pub mod check;
+pub mod interop;
 
 use std::collections::BTreeMap;
 
 use base64::Engine;
+use interop::ClusterTrust;
 use meshca_pki::{Certificate, PkiError, verify_path};
 use serde::Serialize;
 use time::OffsetDateTime;
@@ -210,83 +212,34 @@ pub fn chain_against_bundle(
     r
 }
 
-/// Seed 001, step 2: every cluster bundle has the same root bundle, and each bundle's
-/// intermediate chains to it. The odd ones out are named.
+/// Seed 001, step 2: each cluster bundle's intermediate chains to its own root, and the
+/// bundles interoperate: each one's chain verifies against every other's root bundle (the
+/// [`interop`] rule, which `meshca check` applies too). Identical root bundles pass; so do
+/// bundles in the middle of a root rotation; the clusters in most failing pairs are named.
 pub fn same_roots(bundles: &[BundleCerts], now: OffsetDateTime) -> Report {
     let mut r = Report::default();
-    let key = |b: &BundleCerts| {
-        let mut fps: Vec<String> = b.roots.iter().map(short_fp).collect();
-        fps.sort();
-        fps.join("+")
-    };
-    let mut counts: BTreeMap<String, usize> = BTreeMap::new();
     for b in bundles {
-        *counts.entry(key(b)).or_default() += 1;
-    }
-    let top = counts.values().copied().max().unwrap_or(0);
-    let leaders: Vec<&String> = counts
-        .iter()
-        .filter(|(_, n)| **n == top)
-        .map(|(k, _)| k)
-        .collect();
-    // With no root held by more bundles than any other, nobody is the odd one out: say how they
-    // split instead of blaming whichever sorts first.
-    let majority = match leaders.as_slice() {
-        [one] => (*one).clone(),
-        _ => String::new(),
-    };
-    for b in bundles {
+        let name = format!("{}: intermediate chains to its root", b.dir);
         match verify_path(&b.ca, &b.chain, &b.roots, now) {
-            Ok(_) => r.push(
-                format!("{}: intermediate chains to its root", b.dir),
-                true,
-                b.ca.subject().to_owned(),
-            ),
-            Err(e) => r.push(
-                format!("{}: intermediate chains to its root", b.dir),
-                false,
-                e.to_string(),
-            ),
+            Ok(_) => r.push(name, true, b.ca.subject().to_owned()),
+            Err(e) => r.push(name, false, e.to_string()),
         }
     }
-    let odd: Vec<&str> = bundles
+    let sides: Vec<ClusterTrust<'_>> = bundles
         .iter()
-        .filter(|b| key(b) != majority)
-        .map(|b| b.dir.as_str())
+        .map(|b| ClusterTrust {
+            name: &b.dir,
+            start: &b.ca,
+            chain: &b.chain,
+            roots: &b.roots,
+        })
         .collect();
-    if odd.is_empty() {
-        r.push(
-            format!("all {} bundles share one root", bundles.len()),
-            true,
-            format!("root SHA-256 {majority}"),
-        );
-    } else {
-        let detail = if majority.is_empty() {
-            let groups: Vec<String> = counts
-                .keys()
-                .map(|k| {
-                    let dirs: Vec<&str> = bundles
-                        .iter()
-                        .filter(|b| key(b) == *k)
-                        .map(|b| b.dir.as_str())
-                        .collect();
-                    format!("{} (SHA-256 {k})", dirs.join(", "))
-                })
-                .collect();
-            format!("no root is shared by most bundles: {}", groups.join(" vs "))
-        } else {
-            format!(
-                "{} {} from the others' root (SHA-256 {majority})",
-                odd.join(", "),
-                if odd.len() == 1 { "differs" } else { "differ" }
-            )
-        };
-        r.push(
-            format!("all {} bundles share one root", bundles.len()),
-            false,
-            detail,
-        );
-    }
+    let mesh = interop::mesh_interop(&sides, now);
+    r.push(
+        format!("all {} bundles trust each other's chains", bundles.len()),
+        !mesh.refused(),
+        mesh.describe(("bundle", "bundles")),
+    );
     r
 }
 
@@ -345,8 +298,8 @@ impl ProxySecrets {
     }
 }
 
-/// Seed 001, step 3: each proxy's certificate verifies against its own ROOTCA, and all proxies
-/// trust the same root.
+/// Seed 001, step 3: each proxy's certificate verifies against its own ROOTCA, and the proxies
+/// interoperate by the [`interop`] rule (each chain verifies against every other ROOTCA).
 pub fn envoy_secrets(proxies: &[ProxySecrets], now: OffsetDateTime) -> Report {
     let mut r = Report::default();
     for p in proxies {
@@ -366,30 +319,24 @@ pub fn envoy_secrets(proxies: &[ProxySecrets], now: OffsetDateTime) -> Report {
             },
         }
     }
-    let sets: Vec<(String, &str)> = proxies
+    let sides: Vec<ClusterTrust<'_>> = proxies
         .iter()
-        .map(|p| {
-            let mut fps: Vec<String> = p.roots.iter().map(short_fp).collect();
-            fps.sort();
-            (fps.join("+"), p.origin.as_str())
+        .filter_map(|p| {
+            let (leaf, chain) = p.chain.split_first()?;
+            Some(ClusterTrust {
+                name: &p.origin,
+                start: leaf,
+                chain,
+                roots: &p.roots,
+            })
         })
         .collect();
-    let first = sets.first().map(|s| s.0.clone()).unwrap_or_default();
-    let odd: Vec<&str> = sets.iter().filter(|s| s.0 != first).map(|s| s.1).collect();
-    let name = format!("all {} proxies share one root", proxies.len());
-    if odd.is_empty() {
-        r.push(name, true, format!("root SHA-256 {first}"));
-    } else {
-        r.push(
-            name,
-            false,
-            format!(
-                "{} trust a different root than {}",
-                odd.join(", "),
-                sets[0].1
-            ),
-        );
-    }
+    let mesh = interop::mesh_interop(&sides, now);
+    r.push(
+        format!("all {} proxies trust each other's chains", proxies.len()),
+        !mesh.refused(),
+        mesh.describe(("proxy", "proxies")),
+    );
     r
 }
 

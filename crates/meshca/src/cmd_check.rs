@@ -9,7 +9,8 @@ use meshca_verify::check::{BundleSource, CheckOptions, CheckReport, Finding, Lev
 
 use crate::Output;
 
-/// Checks cacerts bundles the way istiod will load them, and that they share one root.
+/// Checks cacerts bundles the way istiod will load them, and that each bundle's chain verifies
+/// against every other bundle's roots (the rule `meshca verify roots` applies too).
 #[derive(clap::Args)]
 pub struct Args {
     /// Bundle folders, in the Istio layout (ca-cert.pem, ca-key.pem, cert-chain.pem,

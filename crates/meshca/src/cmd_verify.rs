@@ -16,13 +16,14 @@ use crate::Output;
 pub enum Command {
     /// A presented chain (leaf first) against a cacerts folder: same root, same CA, verifies.
     Chain(ChainArgs),
-    /// Every cluster bundle chains to the same root; names the odd one out.
+    /// Each bundle's intermediate chains to its own root, and each bundle's chain verifies
+    /// against every other's root bundle (holds mid root rotation); names the odd one out.
     Roots(RootsArgs),
     /// Connects like `openssl s_client -showcerts` and checks the presented chain against a
     /// cacerts folder.
     Endpoint(EndpointArgs),
     /// `istioctl proxy-config secret <pod> -o json` dumps: each proxy's chain verifies against
-    /// its ROOTCA, and all proxies share a root.
+    /// its ROOTCA, and against every other proxy's ROOTCA.
     EnvoySecrets(EnvoyArgs),
 }
 

@@ -531,7 +531,7 @@ fn bundles_of_another_root_are_named() {
     );
     assert!(
         out.stdout
-            .contains("✘ bundles share one root: other/c3 differs from the others' root"),
+            .contains("✘ bundles share one root: other/c3 is the odd one out: c1 → other/c3: "),
         "{}",
         out.stdout
     );

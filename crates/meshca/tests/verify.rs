@@ -144,29 +144,56 @@ fn verify_roots_names_the_odd_one_out() {
     let d = t.path();
     let out = meshca(d, &["verify", "roots", "c1", "c2", "foo"]).ok();
     assert!(
-        out.stdout.contains("✔ all 3 bundles share one root"),
+        out.stdout
+            .contains("✔ all 3 bundles trust each other's chains: 3 bundles chain to root"),
         "{}",
         out.stdout
     );
     let out = meshca(d, &["verify", "roots", "c1", "c2", "other/c3"]).failed();
     assert!(
-        out.stdout
-            .contains("✘ all 3 bundles share one root: other/c3 differs"),
+        out.stdout.contains(
+            "✘ all 3 bundles trust each other's chains: other/c3 is the odd one out: \
+             c1 → other/c3: other/c3 does not trust c1's root"
+        ),
         "{}",
         out.stdout
     );
-    // One against one: nobody is blamed, whatever the order.
+    // One against one: nobody is blamed, whatever the order; both directions are named.
     for args in [["c1", "other/c3"], ["other/c3", "c1"]] {
         let mut all = vec!["verify", "roots"];
         all.extend(args);
         let out = meshca(d, &all).failed();
+        assert!(!out.stdout.contains("odd one"), "{}", out.stdout);
         assert!(
-            out.stdout.contains("no root is shared by most bundles: "),
+            out.stdout.contains("c1 → other/c3: ") && out.stdout.contains("other/c3 → c1: "),
             "{}",
             out.stdout
         );
-        assert!(!out.stdout.contains("differ"), "{}", out.stdout);
     }
+
+    // Mid-rotation, the rule workloads apply: c1 and c3 both trust both roots while c3 signs
+    // under the other one. The root bundles differ byte for byte (which the old rule of
+    // `verify roots` refused), but each chain verifies against the other's roots.
+    let both = text(d, "root-cert.pem") + &text(d, "other/root-cert.pem");
+    fs::write(d.join("c1/root-cert.pem"), &both).unwrap();
+    fs::write(d.join("other/c3/root-cert.pem"), &both).unwrap();
+    let out = meshca(d, &["verify", "roots", "c1", "other/c3"]).ok();
+    assert!(
+        out.stdout.contains(
+            "✔ all 2 bundles trust each other's chains: 2 bundles chain to roots that every \
+             one of them trusts"
+        ),
+        "{}",
+        out.stdout
+    );
+    // c2 has not added the other root yet: only the direction into c2 fails.
+    let out = meshca(d, &["verify", "roots", "c1", "c2", "other/c3"]).failed();
+    assert!(
+        out.stdout
+            .contains("other/c3 → c2: c2 does not trust other/c3's root")
+    );
+    assert!(!out.stdout.contains("c2 → other/c3"), "{}", out.stdout);
+
     // An intermediate that does not chain to its own bundle's root.
     fs::copy(d.join("other/root-cert.pem"), d.join("c2/root-cert.pem")).unwrap();
     let out = meshca(d, &["verify", "roots", "c1", "c2"]).failed();
@@ -242,7 +269,9 @@ fn verify_envoy_secrets_checks_each_proxy_and_the_shared_root() {
     .failed();
     assert_eq!(marks(&out.stdout), [true, true, false], "{}", out.stdout);
     assert!(
-        out.stdout.contains("stranger.json trust a different root"),
+        out.stdout.contains(
+            "✘ all 2 proxies trust each other's chains: productpage.json → stranger.json"
+        ),
         "{}",
         out.stdout
     );

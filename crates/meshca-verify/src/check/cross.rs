@@ -1,129 +1,42 @@
-//! Check 12, across bundles: whether the workloads of each bundle are trusted by every other.
+//! Check 12, across bundles: the workloads of every bundle accept every other bundle's, judged
+//! by the crate's one interop rule ([`crate::interop`]), the same rule `meshca verify roots`
+//! applies.
 
-use meshca_pki::Certificate;
+use time::OffsetDateTime;
 
-use super::{CheckName, Finding, Inspected, Level, Trust, counted, short_fp};
+use super::{CheckName, Finding, Inspected, Level};
+use crate::interop::{ClusterTrust, mesh_interop};
 
-/// Check 12: workloads of one bundle are trusted by another only if the root their signing
-/// certificate chains to is in the other's root bundle, both ways.
-pub(super) fn shared_root(bundles: &[Inspected]) -> Finding {
-    let name = CheckName::SharedRoot;
-    let mut compared: Vec<(&str, &Trust, &Certificate)> = Vec::new();
-    let mut left_out: Vec<&str> = Vec::new();
+/// Check 12. Fails when some bundle's chain does not verify against another's root bundle;
+/// warns when a bundle could not be compared (its own findings say why).
+pub(super) fn shared_root(bundles: &[Inspected], now: OffsetDateTime) -> Finding {
+    let mut sides = Vec::new();
+    let mut unread = Vec::new();
     for b in bundles {
         match &b.trust {
-            Some(
-                t @ Trust {
-                    anchor: Some(a), ..
-                },
-            ) => compared.push((b.report.dir.as_str(), t, a)),
-            _ => left_out.push(b.report.dir.as_str()),
+            Some(t) => sides.push(ClusterTrust {
+                name: &b.report.dir,
+                start: &t.signing,
+                chain: &t.chain,
+                roots: &t.roots,
+            }),
+            None => unread.push(b.report.dir.as_str()),
         }
     }
-    // The root most bundles chain to (the first one given wins a tie).
-    let mut majority: Option<(&Certificate, usize)> = None;
-    for (_, _, a) in &compared {
-        let n = compared.iter().filter(|(_, _, b)| b == a).count();
-        if majority.is_none_or(|(_, m)| n > m) {
-            majority = Some((a, n));
-        }
+    let mesh = mesh_interop(&sides, now);
+    let mut detail = mesh.describe(("bundle", "bundles"));
+    if !unread.is_empty() {
+        detail.push_str(&format!(
+            "; not compared: {} (no signing certificate and root bundle that parse)",
+            unread.join(", ")
+        ));
     }
-    let Some((majority, _)) = majority else {
-        return Finding::fail(
-            name,
-            format!(
-                "nothing to compare: no bundle has a root its signing certificate chains to ({})",
-                left_out.join(", ")
-            ),
-        );
-    };
-    // A bundle is the odd one out when it chains to another root than most and either a peer
-    // does not trust that root or it does not trust the majority's. Every broken pair has such
-    // a bundle on one side (each bundle trusts its own root), so naming them names every break.
-    let mut odd = Vec::new();
-    let mut why = Vec::new();
-    for (dir, trust, anchor) in &compared {
-        if *anchor == majority {
-            continue;
-        }
-        let untrusting: Vec<&str> = compared
-            .iter()
-            .filter(|(d, t, _)| d != dir && !t.roots.contains(anchor))
-            .map(|(d, _, _)| *d)
-            .collect();
-        let lacks_majority = !trust.roots.contains(majority);
-        if untrusting.is_empty() && !lacks_majority {
-            continue;
-        }
-        odd.push(*dir);
-        let mut parts = Vec::new();
-        if !untrusting.is_empty() {
-            parts.push(format!(
-                "{dir} chains to root \"{}\" (SHA-256 {}), which {} {} not trust",
-                anchor.subject(),
-                short_fp(anchor),
-                untrusting.join(", "),
-                if untrusting.len() == 1 { "does" } else { "do" }
-            ));
-        }
-        if lacks_majority && parts.is_empty() {
-            parts.push(format!("{dir}'s root bundle lacks the others' root"));
-        } else if lacks_majority {
-            parts.push("its root bundle lacks theirs".to_owned());
-        }
-        why.push(parts.join(", and "));
-    }
-    if !odd.is_empty() {
-        return Finding::fail(
-            name,
-            format!(
-                "{} {} from the others' root \"{}\" (SHA-256 {}): {}",
-                odd.join(", "),
-                if odd.len() == 1 { "differs" } else { "differ" },
-                majority.subject(),
-                short_fp(majority),
-                why.join("; ")
-            ),
-        );
-    }
-    let mut anchors: Vec<&Certificate> = Vec::new();
-    for (_, _, a) in &compared {
-        if !anchors.contains(a) {
-            anchors.push(a);
-        }
-    }
-    let shown: Vec<String> = anchors
-        .iter()
-        .map(|a| format!("\"{}\" (SHA-256 {})", a.subject(), short_fp(a)))
-        .collect();
-    let detail = if anchors.len() == 1 {
-        let verb = if compared.len() == 1 {
-            "chains"
-        } else {
-            "chain"
-        };
-        format!(
-            "{} {verb} to root {}",
-            counted(compared.len(), "bundle"),
-            shown[0]
-        )
+    let level = if mesh.failed() {
+        Level::Fail
+    } else if mesh.left_out.is_empty() && unread.is_empty() {
+        Level::Pass
     } else {
-        format!(
-            "{} chain to roots that every bundle trusts: {}",
-            counted(compared.len(), "bundle"),
-            shown.join(", ")
-        )
+        Level::Warn
     };
-    if left_out.is_empty() {
-        Finding::pass(name, detail)
-    } else {
-        Finding::new(
-            name,
-            Level::Warn,
-            format!(
-                "{detail}; not compared: {} (no root its signing certificate chains to)",
-                left_out.join(", ")
-            ),
-        )
-    }
+    Finding::new(CheckName::SharedRoot, level, detail)
 }

@@ -17,7 +17,6 @@ mod report;
 mod tests;
 
 use meshca_pki::bundle::Layout;
-use meshca_pki::describe::hex_colons;
 use meshca_pki::error::show_time;
 use meshca_pki::{BundleFiles, Certificate, verify_path};
 use time::OffsetDateTime;
@@ -77,7 +76,7 @@ pub fn check(sources: &[BundleSource], options: &CheckOptions, now: OffsetDateTi
         })
         .collect();
     let cross = if inspected.len() > 1 {
-        vec![shared_root(&inspected)]
+        vec![shared_root(&inspected, now)]
     } else {
         Vec::new()
     };
@@ -103,10 +102,12 @@ struct Inspected {
     trust: Option<Trust>,
 }
 
-/// The roots a bundle trusts, and the one its signing certificate chains to (if any).
+/// What a bundle's workloads present (its signing certificate and the intermediates above it)
+/// and trust (its roots): the two halves of the interop rule.
 struct Trust {
+    signing: Certificate,
+    chain: Vec<Certificate>,
     roots: Vec<Certificate>,
-    anchor: Option<Certificate>,
 }
 
 fn inspect(dir: &str, files: &BundleFiles, o: &CheckOptions, now: OffsetDateTime) -> Inspected {
@@ -193,15 +194,15 @@ fn inspect(dir: &str, files: &BundleFiles, o: &CheckOptions, now: OffsetDateTime
     }
     Inspected {
         report: report(out),
-        trust: m.roots.map(|roots| Trust { roots, anchor }),
+        trust: m.signing.zip(m.roots).map(|(signing, roots)| Trust {
+            signing,
+            chain: pool,
+            roots,
+        }),
     }
 }
 
 /// `1 bundle`, `2 bundles`.
 fn counted(n: usize, noun: &str) -> String {
     format!("{n} {noun}{}", if n == 1 { "" } else { "s" })
-}
-
-fn short_fp(c: &Certificate) -> String {
-    hex_colons(&c.sha256_fingerprint()[..8])
 }

@@ -421,7 +421,7 @@ fn source(dir: &str, files: BundleFiles) -> BundleSource {
 }
 
 #[test]
-fn bundles_must_share_a_root_and_the_odd_one_is_named() {
+fn bundles_must_accept_each_others_chains_and_the_odd_one_is_named() {
     let (a, a1) = healthy();
     let a2 = intermediate(&a, KeyType::EcdsaP256, 0, 730, None);
     let (b, b1) = healthy();
@@ -436,7 +436,9 @@ fn bundles_must_share_a_root_and_the_odd_one_is_named() {
     assert!(
         report.cross[0]
             .detail
-            .starts_with("2 bundles chain to root \"O=Test, CN=Root CA\"")
+            .starts_with("2 bundles chain to root \"O=Test, CN=Root CA\""),
+        "{}",
+        report.cross[0].detail
     );
 
     let odd = [
@@ -447,22 +449,35 @@ fn bundles_must_share_a_root_and_the_odd_one_is_named() {
     let report = check(&odd, &o, day(1));
     assert!(report.bundles.iter().all(BundleReport::passed));
     assert_eq!(report.cross[0].level, Level::Fail);
+    let detail = &report.cross[0].detail;
     assert!(
-        report.cross[0]
-            .detail
-            .starts_with("other/c3 differs from the others' root"),
-        "{}",
-        report.cross[0].detail
+        detail.starts_with(
+            "other/c3 is the odd one out: c1 → other/c3: other/c3 does not trust c1's root"
+        ),
+        "{detail}"
+    );
+    assert!(
+        detail.contains("other/c3 → c2: c2 does not trust other/c3's root"),
+        "{detail}"
     );
 
     // Mid-rotation: c1 already signs under b, both c1 and c2 trust both roots: fine. A
-    // cluster that trusts only a is the one its peers cannot reach.
+    // cluster that trusts only a cannot accept c1's chain; c1 and c3 are in the one broken
+    // pair, c2 is in none.
     let b2 = intermediate(&b, KeyType::EcdsaP256, 0, 730, None);
     let rotating = [
         source("c1", istio_files(&b2, &[b.cert(), a.cert()])),
         source("c2", istio_files(&a2, &[a.cert(), b.cert()])),
     ];
-    assert_eq!(check(&rotating, &o, day(1)).cross[0].level, Level::Pass);
+    let cross = &check(&rotating, &o, day(1)).cross[0];
+    assert_eq!(cross.level, Level::Pass, "{}", cross.detail);
+    assert!(
+        cross
+            .detail
+            .starts_with("2 bundles chain to roots that every one of them trusts"),
+        "{}",
+        cross.detail
+    );
     let lagging = [
         source("c1", istio_files(&b2, &[b.cert(), a.cert()])),
         source("c2", istio_files(&a2, &[a.cert(), b.cert()])),
@@ -471,14 +486,16 @@ fn bundles_must_share_a_root_and_the_odd_one_is_named() {
     let cross = &check(&lagging, &o, day(1)).cross[0];
     assert_eq!(cross.level, Level::Fail);
     assert!(
-        cross.detail.starts_with("c1 differs from the others' root")
-            && cross.detail.contains("which c3 does not trust"),
+        cross
+            .detail
+            .starts_with("c1, c3 are the odd ones out: c1 → c3: c3 does not trust c1's root"),
         "{}",
         cross.detail
     );
+    assert!(!cross.detail.contains("c3 → c1"), "{}", cross.detail);
 
     // A cluster that already signs under b but dropped a: its peers trust b, it no longer
-    // trusts theirs.
+    // accepts their chains.
     let dropped = [
         source("c1", istio_files(&a1, &[a.cert(), b.cert()])),
         source("c2", istio_files(&a2, &[a.cert(), b.cert()])),
@@ -489,7 +506,25 @@ fn bundles_must_share_a_root_and_the_odd_one_is_named() {
     assert!(
         cross
             .detail
-            .ends_with("c3's root bundle lacks the others' root"),
+            .starts_with("c3 is the odd one out: c1 → c3: c3 does not trust c1's root"),
+        "{}",
+        cross.detail
+    );
+    assert!(cross.detail.contains("c2 → c3"), "{}", cross.detail);
+
+    // A bundle whose own chain is broken is left out (its own findings fail) with a warning.
+    let expired = intermediate(&a, KeyType::EcdsaP256, 0, 10, None);
+    let broken = [
+        source("c1", istio_files(&a1, &[a.cert()])),
+        source("c2", istio_files(&a2, &[a.cert()])),
+        source("c3", istio_files(&expired, &[a.cert()])),
+    ];
+    let cross = &check(&broken, &o, day(20)).cross[0];
+    assert_eq!(cross.level, Level::Warn);
+    assert!(
+        cross
+            .detail
+            .ends_with("not compared: c3 (chain does not verify against its own roots)"),
         "{}",
         cross.detail
     );
