@@ -1,17 +1,19 @@
 //! The verification steps operators run by hand, as code: a workload's chain against the
 //! `cacerts` bundle it should come from (`openssl x509 | diff` and `openssl verify`), one root
-//! across clusters, and the secrets of `istioctl proxy-config secret -o json` dumps.
+//! across clusters, and the secrets of Envoy dumps (`istioctl proxy-config secret`, `/config_dump`).
 //!
 //! Sans-IO: callers hand in file contents and `now`; results are [`Report`]s of named checks.
 
 #![forbid(unsafe_code)]
 
 pub mod check;
+mod envoy;
 pub mod interop;
+
+pub use envoy::ProxySecrets;
 
 use std::collections::BTreeMap;
 
-use base64::Engine;
 use interop::ClusterTrust;
 use meshca_pki::{Certificate, PkiError, verify_path};
 use serde::Serialize;
@@ -243,61 +245,6 @@ pub fn same_roots(bundles: &[BundleCerts], now: OffsetDateTime) -> Report {
     r
 }
 
-/// The two secrets of an Envoy dump that matter.
-#[derive(Clone, Debug)]
-pub struct ProxySecrets {
-    /// Where the dump came from.
-    pub origin: String,
-    /// `ROOTCA`'s trusted CA certificates.
-    pub roots: Vec<Certificate>,
-    /// `default`'s certificate chain, leaf first.
-    pub chain: Vec<Certificate>,
-}
-
-impl ProxySecrets {
-    /// Reads `istioctl proxy-config secret <pod> -o json` output.
-    pub fn from_json(bytes: &[u8], origin: &str) -> Result<Self, VerifyError> {
-        let bad = |reason: &str| VerifyError::BadDump {
-            origin: origin.to_owned(),
-            reason: reason.to_owned(),
-        };
-        let v: serde_json::Value =
-            serde_json::from_slice(bytes).map_err(|e| bad(&format!("not JSON: {e}")))?;
-        let secrets = v
-            .get("dynamicActiveSecrets")
-            .and_then(|s| s.as_array())
-            .ok_or_else(|| bad("no dynamicActiveSecrets list"))?;
-        let find = |name: &str| {
-            secrets
-                .iter()
-                .find(|s| s.get("name").and_then(|n| n.as_str()) == Some(name))
-        };
-        let decode = |v: Option<&serde_json::Value>, what: &str| -> Result<Vec<u8>, VerifyError> {
-            let text = v
-                .and_then(|x| x.as_str())
-                .ok_or_else(|| bad(&format!("{what}: inlineBytes missing")))?;
-            base64::engine::general_purpose::STANDARD
-                .decode(text)
-                .map_err(|_| bad(&format!("{what}: inlineBytes is not base64")))
-        };
-        let root = find("ROOTCA").ok_or_else(|| bad("no secret named ROOTCA"))?;
-        let root_pem = decode(
-            root.pointer("/secret/validationContext/trustedCa/inlineBytes"),
-            "ROOTCA",
-        )?;
-        let def = find("default").ok_or_else(|| bad("no secret named default"))?;
-        let chain_pem = decode(
-            def.pointer("/secret/tlsCertificate/certificateChain/inlineBytes"),
-            "default",
-        )?;
-        Ok(ProxySecrets {
-            origin: origin.to_owned(),
-            roots: Certificate::all_from_pem(&root_pem, &format!("{origin} ROOTCA"))?,
-            chain: Certificate::all_from_pem(&chain_pem, &format!("{origin} default"))?,
-        })
-    }
-}
-
 /// Seed 001, step 3: each proxy's certificate verifies against its own ROOTCA, and the proxies
 /// interoperate by the [`interop`] rule (each chain verifies against every other ROOTCA).
 pub fn envoy_secrets(proxies: &[ProxySecrets], now: OffsetDateTime) -> Report {
@@ -307,14 +254,21 @@ pub fn envoy_secrets(proxies: &[ProxySecrets], now: OffsetDateTime) -> Report {
         match p.chain.first() {
             None => r.push(name, false, "no certificate in the default secret"),
             Some(leaf) => match verify_path(leaf, &p.chain[1..], &p.roots, now) {
-                Ok(path) => r.push(
-                    name,
-                    true,
-                    leaf.uris()
+                Ok(path) => {
+                    let mut detail = leaf
+                        .uris()
                         .first()
                         .cloned()
-                        .unwrap_or_else(|| path.root().subject().to_owned()),
-                ),
+                        .unwrap_or_else(|| path.root().subject().to_owned());
+                    if !p.warming.is_empty() {
+                        // Envoy serves the active secrets until the warming ones are ready.
+                        detail.push_str(&format!(
+                            " (still warming, not used: {})",
+                            p.warming.join(", ")
+                        ));
+                    }
+                    r.push(name, true, detail)
+                }
                 Err(e) => r.push(name, false, e.to_string()),
             },
         }

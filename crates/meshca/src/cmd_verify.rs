@@ -22,8 +22,9 @@ pub enum Command {
     /// Connects like `openssl s_client -showcerts` and checks the presented chain against a
     /// cacerts folder.
     Endpoint(EndpointArgs),
-    /// `istioctl proxy-config secret <pod> -o json` dumps: each proxy's chain verifies against
-    /// its ROOTCA, and against every other proxy's ROOTCA.
+    /// Envoy secret dumps (`istioctl proxy-config secret <pod> -o json` or `-o yaml`, or Envoy's
+    /// admin `/config_dump`): each proxy's chain verifies against its ROOTCA, and against every
+    /// other proxy's ROOTCA.
     EnvoySecrets(EnvoyArgs),
 }
 
@@ -66,7 +67,7 @@ pub struct RootsArgs {
 
 #[derive(clap::Args)]
 pub struct EnvoyArgs {
-    /// JSON dumps, one per proxy.
+    /// Dumps, one per proxy: istioctl's JSON or YAML, or Envoy's `/config_dump` (told by content).
     #[arg(required = true, num_args = 1..)]
     files: Vec<PathBuf>,
     /// Output format.
@@ -137,7 +138,7 @@ pub fn run(c: Command) -> anyhow::Result<ExitCode> {
                 .files
                 .iter()
                 .map(|f| {
-                    Ok(ProxySecrets::from_json(
+                    Ok(ProxySecrets::from_dump(
                         &read(f)?,
                         &f.display().to_string(),
                     )?)

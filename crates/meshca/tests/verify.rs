@@ -292,3 +292,171 @@ fn verify_envoy_secrets_checks_each_proxy_and_the_shared_root() {
         "meshca: error: bad.json: no secret named ROOTCA"
     );
 }
+
+fn b64(s: &str) -> String {
+    base64::engine::general_purpose::STANDARD.encode(s)
+}
+
+/// `istioctl proxy-config secret -o yaml`: the JSON document as YAML.
+fn yaml_dump(chain_pem: &str, root_pem: &str) -> String {
+    format!(
+        "dynamicActiveSecrets:\n\
+         - name: default\n  versionInfo: \"2030-01-01T00:00:00Z\"\n  secret:\n    name: default\n    \
+         tlsCertificate:\n      certificateChain:\n        inlineBytes: {}\n      privateKey:\n        \
+         inlineBytes: W3JlZGFjdGVkXQ==\n\
+         - name: ROOTCA\n  secret:\n    name: ROOTCA\n    validationContext:\n      trustedCa:\n        \
+         inlineBytes: {}\n",
+        b64(chain_pem),
+        b64(root_pem)
+    )
+}
+
+/// An element of Envoy's `dynamic_active_secrets` (snake_case, as Envoy's admin prints it).
+fn envoy_secret(name: &str, body: serde_json::Value) -> serde_json::Value {
+    let mut secret = serde_json::json!({
+        "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret",
+        "name": name,
+    });
+    secret
+        .as_object_mut()
+        .unwrap()
+        .extend(body.as_object().unwrap().clone());
+    serde_json::json!({
+        "name": name,
+        "version_info": "2030-01-01T00:00:00Z",
+        "last_updated": "2030-01-01T00:00:00Z",
+        "secret": secret,
+    })
+}
+
+fn envoy_default(chain_pem: &str) -> serde_json::Value {
+    envoy_secret(
+        "default",
+        serde_json::json!({"tls_certificate": {
+            "certificate_chain": {"inline_bytes": b64(chain_pem)},
+            "private_key": {"inline_bytes": "W3JlZGFjdGVkXQ=="}}}),
+    )
+}
+
+fn envoy_rootca(root_pem: &str) -> serde_json::Value {
+    envoy_secret(
+        "ROOTCA",
+        serde_json::json!({"validation_context": {"trusted_ca": {"inline_bytes": b64(root_pem)}}}),
+    )
+}
+
+/// Envoy's admin `/config_dump`: the secrets section among the other dumps.
+fn config_dump(active: Vec<serde_json::Value>, warming: Vec<serde_json::Value>) -> String {
+    serde_json::json!({"configs": [
+        {"@type": "type.googleapis.com/envoy.admin.v3.BootstrapConfigDump", "bootstrap": {}},
+        {"@type": "type.googleapis.com/envoy.admin.v3.SecretsConfigDump",
+         "dynamic_active_secrets": active, "dynamic_warming_secrets": warming},
+    ]})
+    .to_string()
+}
+
+#[test]
+fn verify_envoy_secrets_reads_istioctl_yaml_and_envoy_config_dumps() {
+    let t = world();
+    let d = t.path();
+    let root = text(d, "root-cert.pem");
+    // The full chain, ending with the root, as istio-agent hands it to Envoy.
+    let full = |ns: &str| text(d, &format!("{ns}/workload-cert-chain.pem"));
+    assert!(pem_blocks(&full("foo")).len() >= 3);
+
+    // istioctl -o yaml, in a file whose name says nothing.
+    fs::write(d.join("productpage.dump"), yaml_dump(&full("foo"), &root)).unwrap();
+    // Envoy's /config_dump, snake_case.
+    let envoy = config_dump(
+        vec![envoy_default(&full("bar")), envoy_rootca(&root)],
+        vec![],
+    );
+    fs::write(d.join("reviews-config_dump.json"), envoy).unwrap();
+    // /config_dump?resource=dynamic_active_secrets: one DynamicSecret per element.
+    let mut one = envoy_default(&full("foo"));
+    one["@type"] = "type.googleapis.com/envoy.admin.v3.SecretsConfigDump.DynamicSecret".into();
+    let mut two = envoy_rootca(&root);
+    two["@type"] = one["@type"].clone();
+    fs::write(
+        d.join("ratings.json"),
+        serde_json::json!({"configs": [one, two]}).to_string(),
+    )
+    .unwrap();
+    // The JSON form too, with the root at the end of the chain.
+    fs::write(d.join("details.json"), dump(&full("bar"), &root)).unwrap();
+    let out = meshca(
+        d,
+        &[
+            "verify",
+            "envoy-secrets",
+            "productpage.dump",
+            "reviews-config_dump.json",
+            "ratings.json",
+            "details.json",
+        ],
+    )
+    .ok();
+    assert_eq!(marks(&out.stdout), [true; 5], "{}", out.stdout);
+    assert!(out.stdout.contains(
+        "✔ productpage.dump: certificate verifies against its ROOTCA: spiffe://cluster.local/ns/foo/sa/default"
+    ));
+    assert!(out.stdout.contains(
+        "✔ reviews-config_dump.json: certificate verifies against its ROOTCA: spiffe://cluster.local/ns/bar/sa/default"
+    ));
+
+    // Warming secrets are reported, and only the active ones used.
+    let other_root = text(d, "other/root-cert.pem");
+    let warming = config_dump(
+        vec![envoy_default(&full("foo")), envoy_rootca(&root)],
+        vec![envoy_rootca(&other_root)],
+    );
+    fs::write(d.join("warming.json"), warming).unwrap();
+    let out = meshca(d, &["verify", "envoy-secrets", "warming.json"]).ok();
+    assert!(
+        out.stdout.contains("(still warming, not used: ROOTCA)"),
+        "{}",
+        out.stdout
+    );
+
+    // Malformed dumps: one line naming the file and what is missing.
+    let cases = [
+        (
+            "no-rootca.yaml",
+            yaml_dump(&full("foo"), &root).replace("name: ROOTCA", "name: SOMETHING"),
+            "no-rootca.yaml: no secret named ROOTCA",
+        ),
+        (
+            "bad-base64.json",
+            config_dump(
+                vec![
+                    envoy_default(&full("foo")),
+                    envoy_secret(
+                        "ROOTCA",
+                        serde_json::json!({"validation_context": {"trusted_ca": {"inline_bytes": "%%% not base64"}}}),
+                    ),
+                ],
+                vec![],
+            ),
+            "bad-base64.json: ROOTCA trusted CA: inline bytes are not base64",
+        ),
+        (
+            "warming-only.json",
+            config_dump(
+                vec![],
+                vec![envoy_default(&full("foo")), envoy_rootca(&root)],
+            ),
+            "warming-only.json: no active secret named ROOTCA (it is only warming)",
+        ),
+        (
+            "clusters.json",
+            serde_json::json!({"configs": [{"@type": "type.googleapis.com/envoy.admin.v3.ClustersConfigDump"}]}).to_string(),
+            "clusters.json: neither istioctl's dynamicActiveSecrets nor a SecretsConfigDump in Envoy's configs",
+        ),
+    ];
+    for (file, content, error) in cases {
+        fs::write(d.join(file), content).unwrap();
+        let out = meshca(d, &["verify", "envoy-secrets", file]).failed();
+        assert_eq!(out.stderr.trim(), format!("meshca: error: {error}"));
+        assert_eq!(out.stderr.trim().lines().count(), 1);
+    }
+}
