@@ -18,7 +18,8 @@ pub const REMOTE_SECRET_LABEL: &str = "istio/multiCluster=true";
 /// Where the clusters come from.
 #[derive(Clone, Debug, Default)]
 pub struct ClusterSources {
-    /// The kubeconfig file; `None` reads `$KUBECONFIG` or `~/.kube/config`.
+    /// The kubeconfig file; `None` reads `$KUBECONFIG` or `~/.kube/config`, or, in a pod with
+    /// neither, the pod's own service account.
     pub kubeconfig: Option<PathBuf>,
     /// The management cluster's context; `None` is the kubeconfig's current context.
     pub mgmt_context: Option<String>,
@@ -94,6 +95,49 @@ async fn from_context(
     Ok(config)
 }
 
+/// Whether the management cluster is the one this process runs in: in a pod
+/// (`KUBERNETES_SERVICE_HOST` set), with no kubeconfig named or found and no context asked for.
+fn in_cluster(sources: &ClusterSources) -> bool {
+    let in_pod = std::env::var_os("KUBERNETES_SERVICE_HOST").is_some_and(|h| !h.is_empty());
+    let named = sources.kubeconfig.is_some()
+        || sources.mgmt_context.is_some()
+        || std::env::var_os("KUBECONFIG").is_some_and(|k| !k.is_empty());
+    let home = std::env::var_os("HOME")
+        .map(|h| std::path::Path::new(&h).join(".kube/config"))
+        .is_some_and(|p| p.exists());
+    in_pod && !named && !home
+}
+
+/// In a pod: the management cluster through the pod's service account (its projected token is
+/// read again as the kubelet renews it), and workload clusters from Istio remote secrets only,
+/// since there is no kubeconfig to hold their contexts.
+async fn resolve_in_cluster(
+    sources: &ClusterSources,
+    mgmt_name: &str,
+    timeout: Duration,
+) -> Result<Vec<ClusterConfig>, KubeError> {
+    if let Some((name, context)) = sources.clusters.first() {
+        return Err(KubeError::Config {
+            what: format!("--cluster {name}={context}"),
+            reason: "running in a pod without a kubeconfig: give --kubeconfig, or take the workload clusters from Istio remote secrets (--remote-secrets)".to_owned(),
+        });
+    }
+    let mut mgmt = kube::Config::incluster().map_err(|e| KubeError::Config {
+        what: "the pod's in-cluster configuration".to_owned(),
+        reason: e.to_string(),
+    })?;
+    mgmt.connect_timeout = Some(CONNECT_TIMEOUT);
+    let mut out = vec![ClusterConfig {
+        name: mgmt_name.to_owned(),
+        origin: "the pod's service account".to_owned(),
+        config: mgmt.clone(),
+    }];
+    if let Some(ns) = &sources.remote_secrets_namespace {
+        out.extend(remote_secret_clusters(mgmt, mgmt_name, ns, timeout).await?);
+    }
+    Ok(out)
+}
+
 /// The management cluster and every workload cluster the sources name. Remote secrets are read
 /// from the management cluster (one request); a cluster named both ways keeps its context.
 pub async fn resolve(
@@ -101,6 +145,9 @@ pub async fn resolve(
     mgmt_name: &str,
     timeout: Duration,
 ) -> Result<Vec<ClusterConfig>, KubeError> {
+    if in_cluster(sources) {
+        return resolve_in_cluster(sources, mgmt_name, timeout).await;
+    }
     let kubeconfig = read_kubeconfig(sources)?;
     let mgmt_what = match &sources.mgmt_context {
         Some(c) => format!("--mgmt-context {c}"),

@@ -638,7 +638,8 @@ fn run_loop(r: &RunArgs) -> anyhow::Result<ExitCode> {
         );
         std::thread::spawn(move || {
             while !stop.load(Ordering::SeqCst) {
-                if !l.is_leader() {
+                // A stop asked for meanwhile is no loss: the release after it ends the lead.
+                if !l.is_leader() && !stop.load(Ordering::SeqCst) {
                     lost.store(true, Ordering::SeqCst);
                     stop.store(true, Ordering::SeqCst);
                     return;
