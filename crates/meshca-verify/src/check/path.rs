@@ -149,13 +149,8 @@ pub(super) fn fit_for_signing(
         ));
     }
     for c in path {
-        let restricted = c
-            .x509()
-            .extended_key_usage()
-            .ok()
-            .flatten()
-            .is_some_and(|eku| !eku.value.server_auth && !eku.value.any);
-        if restricted {
+        // The one rule, shared with `meshca serve`'s refusal (meshca-pki).
+        if !c.allows_server_auth() {
             problems.push(format!(
                 "{} restricts extendedKeyUsage to {} without serverAuth, which Go verifiers \
                  (istiod) reject",
