@@ -158,6 +158,30 @@ fn token_kubeconfig(cp: &ControlPlane, file: &Path, contexts: &[(&str, String, &
     std::fs::write(file, y).unwrap();
 }
 
+/// A kubeconfig for cluster1 whose user is a new service account `meshca-system/<name>` with no
+/// rights of its own, its token (from the TokenRequest API) in a file beside it.
+fn account_kubeconfig(cp: &ControlPlane, dir: &Path, name: &str) -> PathBuf {
+    service_account(cp, "cluster1", "meshca-system", name);
+    let token = dir.join(format!("{name}.token"));
+    let t = cp.kubectl_ok([
+        "--context",
+        "cluster1",
+        "-n",
+        "meshca-system",
+        "create",
+        "token",
+        name,
+    ]);
+    std::fs::write(&token, t.trim()).unwrap();
+    let kubeconfig = dir.join(format!("{name}.kubeconfig"));
+    token_kubeconfig(
+        cp,
+        &kubeconfig,
+        &[("cluster1", cp.server("cluster1"), &token)],
+    );
+    kubeconfig
+}
+
 /// A least-privileged reviewer in `cluster`: ServiceAccount `meshca-system/meshca` bound to
 /// `system:auth-delegator` (create TokenReviews and SubjectAccessReviews, nothing else), its
 /// token (for the API server's own audience) written to a file in `dir`.
@@ -473,24 +497,7 @@ async fn token_review_by_a_least_privileged_reviewer_accepts_exactly_the_tokens_
     assert!(msg.contains("not authenticated"), "{msg}");
 
     // A reviewer that may not create TokenReviews: the API server's 403, named.
-    service_account(&cp, "cluster1", "meshca-system", "nobody");
-    let nobody = ca.dir.join("nobody.token");
-    let t = cp.kubectl_ok([
-        "--context",
-        "cluster1",
-        "-n",
-        "meshca-system",
-        "create",
-        "token",
-        "nobody",
-    ]);
-    std::fs::write(&nobody, t.trim()).unwrap();
-    let forbidden = ca.dir.join("nobody.kubeconfig");
-    token_kubeconfig(
-        &cp,
-        &forbidden,
-        &[("cluster1", cp.server("cluster1"), &nobody)],
-    );
+    let forbidden = account_kubeconfig(&cp, &ca.dir, "nobody");
     let weak = start(
         &ca,
         KubeAuth {
@@ -639,24 +646,7 @@ async fn the_api_servers_jwks_verifies_tokens_locally_without_a_token_review() {
     }
     // A reviewer of no special rights reads the keys (system:service-account-issuer-discovery
     // is granted to every service account).
-    service_account(&cp, "cluster1", "meshca-system", "plain");
-    let plain = ca.dir.join("plain.token");
-    let t = cp.kubectl_ok([
-        "--context",
-        "cluster1",
-        "-n",
-        "meshca-system",
-        "create",
-        "token",
-        "plain",
-    ]);
-    std::fs::write(&plain, t.trim()).unwrap();
-    let kubeconfig = ca.dir.join("plain.kubeconfig");
-    token_kubeconfig(
-        &cp,
-        &kubeconfig,
-        &[("cluster1", cp.server("cluster1"), &plain)],
-    );
+    let kubeconfig = account_kubeconfig(&cp, &ca.dir, "plain");
     let server = start(
         &ca,
         KubeAuth {

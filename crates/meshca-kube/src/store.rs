@@ -122,32 +122,6 @@ impl Drop for KubeStore {
     }
 }
 
-/// A client for one API server: kube's TLS, credentials and headers over a connector with
-/// `TCP_NODELAY`. kube's own connector leaves Nagle's algorithm on, which held each write sent on a
-/// fresh connection behind the server's delayed ACK: about 40 ms a write, measured (see
-/// docs/BENCHMARKS.md), where the API server itself takes 6 ms.
-fn client(config: kube::Config) -> Result<kube::Client, kube::Error> {
-    use kube::client::ConfigExt as _;
-    // kube's rustls configuration takes the process's default provider: aws-lc-rs, the one
-    // provider in the binary.
-    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
-    let mut http = hyper_util::client::legacy::connect::HttpConnector::new();
-    http.enforce_http(false);
-    http.set_nodelay(true);
-    http.set_connect_timeout(config.connect_timeout);
-    let https = config.rustls_https_connector_with_connector(http)?;
-    let hyper: hyper_util::client::legacy::Client<_, kube::client::Body> =
-        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-            .build(https);
-    let service = tower::ServiceBuilder::new()
-        .layer(config.base_uri_layer())
-        .option_layer(config.auth_layer()?)
-        .layer(config.extra_headers_layer()?)
-        .map_err(tower::BoxError::from)
-        .service(hyper);
-    Ok(kube::Client::new(service, config.default_namespace.clone()))
-}
-
 /// The store's own runtime: two threads for the clients' connections and the watches.
 fn runtime() -> Result<tokio::runtime::Runtime, KubeError> {
     tokio::runtime::Builder::new_multi_thread()
@@ -269,7 +243,7 @@ impl KubeStore {
             // The client's connection pool lives on the store's runtime.
             let client = {
                 let _in_rt = rt.enter();
-                client(c.config).map_err(|e| KubeError::Config {
+                crate::clusters::client(c.config).map_err(|e| KubeError::Config {
                     what: format!("cluster {} ({})", c.name, c.origin),
                     reason: e.to_string(),
                 })?

@@ -75,7 +75,8 @@ fn seed_001_with_meshca_trust() {
     )
     .ok();
     assert!(
-        out.stdout.contains("✔ all 2 bundles share one root"),
+        out.stdout
+            .contains("✔ all 2 bundles trust each other's chains"),
         "{}",
         out.stdout
     );

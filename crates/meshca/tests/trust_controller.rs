@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use meshca_testkit::SEED_001_POLICY;
 use meshca_testkit::kube::ControlPlane;
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
@@ -192,22 +193,7 @@ fn the_seeds_policy_applied_with_kubectl_is_reconciled_reported_and_kept() {
     // Seed 001, step 2, exactly as written.
     cp.seed_shell(
         dir,
-        "kubectl apply --context $MGMT_CONTEXT -f- << EOF
-apiVersion: admin.gloo.solo.io/v2
-kind: RootTrustPolicy
-metadata:
-  name: root-trust-policy
-  namespace: gloo-mesh
-spec:
-  config:
-    intermediateCertOptions:
-      secretRotationGracePeriodRatio: 0.1
-      ttlDays: 1
-    mgmtServerCa:
-      secretRef:
-        name: my-root-trust-policy.gloo-mesh
-        namespace: gloo-mesh
-EOF",
+        &format!("kubectl apply --context $MGMT_CONTEXT -f- << EOF\n{SEED_001_POLICY}EOF"),
     )
     .ok();
     let rtp = "root-trust-policy";

@@ -308,7 +308,8 @@ fn seed_001_root_trust_policy_serves_a_two_cluster_mesh_and_survives_an_intermed
     // 2. `verify roots`: the two clusters share the root; a cluster under another root is named.
     let out = run_in(MESHCA, d, ["verify", "roots", CACERTS1, CACERTS2], &[]).ok();
     assert!(
-        out.stdout.contains("✔ all 2 bundles share one root"),
+        out.stdout
+            .contains("✔ all 2 bundles trust each other's chains"),
         "{}",
         out.stdout
     );
@@ -332,7 +333,7 @@ fn seed_001_root_trust_policy_serves_a_two_cluster_mesh_and_survives_an_intermed
     .failed();
     assert!(
         out.stdout.contains(
-            "✘ all 3 bundles share one root: elsewhere/cluster3 differs from the others' root"
+            "✘ all 3 bundles trust each other's chains: elsewhere/cluster3 is the odd one out"
         ),
         "{}",
         out.stdout
