@@ -5,6 +5,7 @@
 #![forbid(unsafe_code)]
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+pub mod istio;
 pub mod kube;
 
 use std::collections::BTreeMap;
