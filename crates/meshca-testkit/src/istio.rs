@@ -18,26 +18,12 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use crate::kube::peers_dir;
+use crate::kube::{peers_dir, required_version};
 
 /// The `istio.io/istio` version the peers are built at, a pseudo-version like
 /// `v0.0.0-20260827124520-eed52ebb66ad` (from `interop/istio/go.mod`).
 pub fn istio_version() -> String {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../interop/istio/go.mod");
-    let text =
-        fs::read_to_string(&path).unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
-    text.lines()
-        .filter_map(|line| {
-            let line = line.trim().strip_prefix("require ").unwrap_or(line.trim());
-            let mut words = line.split_whitespace();
-            (words.next() == Some("istio.io/istio"))
-                .then(|| words.next())
-                .flatten()
-                .filter(|v| v.starts_with('v'))
-        })
-        .next()
-        .unwrap_or_else(|| panic!("{} does not require istio.io/istio", path.display()))
-        .to_owned()
+    required_version("istio", "istio.io/istio")
 }
 
 /// The Istio commit the peers are built from: the last part of [`istio_version`], which is

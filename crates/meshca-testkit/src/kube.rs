@@ -80,7 +80,7 @@ pub fn peers_dir() -> PathBuf {
 
 /// The version a wrapper go.mod in `interop/` requires for `module`; the go.mod files are the one
 /// place the peers' versions are written.
-fn required_version(wrapper: &str, module: &str) -> String {
+pub(crate) fn required_version(wrapper: &str, module: &str) -> String {
     let path = repo_root().join("interop").join(wrapper).join("go.mod");
     let text =
         fs::read_to_string(&path).unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
