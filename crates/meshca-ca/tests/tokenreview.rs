@@ -20,7 +20,7 @@ use meshca_ca::{
     SystemClock,
 };
 use meshca_pki::{Certificate, KeyType, PrivateKey, TrustDomain, make_csr_pem};
-use meshca_testkit::kube::{ControlPlane, request_count};
+use meshca_testkit::kube::ControlPlane;
 use meshca_token::SigningKey;
 use time::OffsetDateTime;
 use tonic::transport::{Channel, ClientTlsConfig};
@@ -29,47 +29,6 @@ use tonic::{Code, Request};
 const TD: &str = "cluster.local";
 
 // ---- the clusters -------------------------------------------------------------------------
-
-/// Creates namespace `ns` (if missing) and service account `sa` in `cluster`.
-fn service_account(cp: &ControlPlane, cluster: &str, ns: &str, sa: &str) {
-    let namespaces = cp.kubectl_ok(["--context", cluster, "get", "namespaces", "-o", "name"]);
-    if !namespaces.lines().any(|l| l == format!("namespace/{ns}")) {
-        cp.kubectl_ok(["--context", cluster, "create", "namespace", ns]);
-    }
-    cp.kubectl_ok([
-        "--context",
-        cluster,
-        "-n",
-        ns,
-        "create",
-        "serviceaccount",
-        sa,
-    ]);
-}
-
-/// A token for `sa` from the TokenRequest API, for `audience`.
-fn token(cp: &ControlPlane, cluster: &str, ns: &str, sa: &str, audience: &str) -> String {
-    cp.kubectl_ok([
-        "--context",
-        cluster,
-        "-n",
-        ns,
-        "create",
-        "token",
-        sa,
-        "--audience",
-        audience,
-    ])
-    .trim()
-    .to_owned()
-}
-
-/// TokenReview POSTs the API server of `cluster` has counted.
-fn reviews(cp: &ControlPlane, cluster: &str) -> f64 {
-    request_count(&cp.raw_get(cluster, "/metrics"), |l| {
-        l.get("resource") == "tokenreviews" && l.get("verb") == "POST"
-    })
-}
 
 /// A token signed here with `cluster`'s own service-account key (and the key id its API server
 /// publishes), valid from `iat` to `exp`: what the API server itself would mint, with any
@@ -161,7 +120,7 @@ fn token_kubeconfig(cp: &ControlPlane, file: &Path, contexts: &[(&str, String, &
 /// A kubeconfig for cluster1 whose user is a new service account `meshca-system/<name>` with no
 /// rights of its own, its token (from the TokenRequest API) in a file beside it.
 fn account_kubeconfig(cp: &ControlPlane, dir: &Path, name: &str) -> PathBuf {
-    service_account(cp, "cluster1", "meshca-system", name);
+    cp.service_account("cluster1", "meshca-system", name);
     let token = dir.join(format!("{name}.token"));
     let t = cp.kubectl_ok([
         "--context",
@@ -186,7 +145,7 @@ fn account_kubeconfig(cp: &ControlPlane, dir: &Path, name: &str) -> PathBuf {
 /// `system:auth-delegator` (create TokenReviews and SubjectAccessReviews, nothing else), its
 /// token (for the API server's own audience) written to a file in `dir`.
 fn reviewer_token(cp: &ControlPlane, cluster: &str, dir: &Path) -> PathBuf {
-    service_account(cp, cluster, "meshca-system", "meshca");
+    cp.service_account(cluster, "meshca-system", "meshca");
     cp.kubectl_ok([
         "--context",
         cluster,
@@ -338,9 +297,9 @@ async fn token_review_by_a_least_privileged_reviewer_accepts_exactly_the_tokens_
     let cp = ControlPlane::start(&["cluster1", "cluster2"]);
     let ca = ca();
     for c in ["cluster1", "cluster2"] {
-        service_account(&cp, c, "foo", "bar");
+        cp.service_account(c, "foo", "bar");
     }
-    service_account(&cp, "cluster1", "foo", "gone");
+    cp.service_account("cluster1", "foo", "gone");
     let reviewer = reviewer_token(&cp, "cluster1", &ca.dir);
     let kubeconfig = ca.dir.join("reviewer.kubeconfig");
     token_kubeconfig(
@@ -364,16 +323,16 @@ async fn token_review_by_a_least_privileged_reviewer_accepts_exactly_the_tokens_
     let mut c = client(&server, &ca).await;
 
     // The projected-token audience: a certificate for exactly that service account.
-    let good = token(&cp, "cluster1", "foo", "bar", "istio-ca");
-    let before = reviews(&cp, "cluster1");
+    let good = cp.token("cluster1", "foo", "bar", "istio-ca");
+    let before = cp.token_reviews("cluster1");
     assert_eq!(
         ask(&mut c, &good, None).await.unwrap(),
         spiffe("foo", "bar")
     );
-    assert_eq!(reviews(&cp, "cluster1") - before, 1.0);
+    assert_eq!(cp.token_reviews("cluster1") - before, 1.0);
 
     // Another audience: the API server says so.
-    let other = token(&cp, "cluster1", "foo", "bar", "vault");
+    let other = cp.token("cluster1", "foo", "bar", "vault");
     let msg = refused(ask(&mut c, &other, None).await, &other);
     assert!(msg.contains("token review at https://127.0.0.1:"), "{msg}");
     assert!(
@@ -408,20 +367,20 @@ async fn token_review_by_a_least_privileged_reviewer_accepts_exactly_the_tokens_
     );
 
     // Cluster2's token for the same namespace and service account, presented as cluster1's.
-    let foreign = token(&cp, "cluster2", "foo", "bar", "istio-ca");
+    let foreign = cp.token("cluster2", "foo", "bar", "istio-ca");
     for cluster in [None, Some("cluster1")] {
         let msg = refused(ask(&mut c, &foreign, cluster).await, &foreign);
         assert!(msg.contains("not authenticated"), "{msg}");
     }
     // ... and a cluster this server does not serve is refused before any review.
-    let before = reviews(&cp, "cluster1");
+    let before = cp.token_reviews("cluster1");
     let msg = refused(ask(&mut c, &foreign, Some("cluster2")).await, &foreign);
     assert!(msg.contains("this CA serves [\"cluster1\"]"), "{msg}");
-    assert_eq!(reviews(&cp, "cluster1"), before);
+    assert_eq!(cp.token_reviews("cluster1"), before);
 
     // A burst with one token: one review for all of them, at the same time and afterwards.
-    let burst = token(&cp, "cluster1", "foo", "bar", "istio-ca");
-    let before = reviews(&cp, "cluster1");
+    let burst = cp.token("cluster1", "foo", "bar", "istio-ca");
+    let before = cp.token_reviews("cluster1");
     let mut tasks = Vec::new();
     for _ in 0..16 {
         let (mut c, burst) = (c.clone(), burst.clone());
@@ -433,7 +392,7 @@ async fn token_review_by_a_least_privileged_reviewer_accepts_exactly_the_tokens_
     for _ in 0..4 {
         ask(&mut c, &burst, None).await.unwrap();
     }
-    assert_eq!(reviews(&cp, "cluster1") - before, 1.0);
+    assert_eq!(cp.token_reviews("cluster1") - before, 1.0);
 
     // A token that expires within the TTL is remembered until its exp, not after.
     let now = clock.now();
@@ -445,17 +404,17 @@ async fn token_review_by_a_least_privileged_reviewer_accepts_exactly_the_tokens_
         now,
         now + time::Duration::seconds(60),
     );
-    let before = reviews(&cp, "cluster1");
+    let before = cp.token_reviews("cluster1");
     ask(&mut c, &short, None).await.unwrap();
     clock.advance(time::Duration::seconds(59));
     ask(&mut c, &short, None).await.unwrap();
-    assert_eq!(reviews(&cp, "cluster1") - before, 1.0, "remembered");
+    assert_eq!(cp.token_reviews("cluster1") - before, 1.0, "remembered");
     clock.advance(time::Duration::seconds(2));
     // The API server's clock has not moved (and allows a minute of skew): it accepts again,
     // but only after being asked.
     ask(&mut c, &short, None).await.unwrap();
     assert_eq!(
-        reviews(&cp, "cluster1") - before,
+        cp.token_reviews("cluster1") - before,
         2.0,
         "asked again after exp"
     );
@@ -463,7 +422,7 @@ async fn token_review_by_a_least_privileged_reviewer_accepts_exactly_the_tokens_
     // A deleted service account: remembered for our TTL at most, then refused. The API server
     // itself remembers successful authentications for 10 s, so it may say yes a little longer:
     // each attempt moves our clock past our TTL, so that every attempt asks it.
-    let doomed = token(&cp, "cluster1", "foo", "gone", "istio-ca");
+    let doomed = cp.token("cluster1", "foo", "gone", "istio-ca");
     assert_eq!(
         ask(&mut c, &doomed, None).await.unwrap(),
         spiffe("foo", "gone")
@@ -478,12 +437,12 @@ async fn token_review_by_a_least_privileged_reviewer_accepts_exactly_the_tokens_
         "gone",
     ]);
     clock.advance(time::Duration::seconds(300));
-    let before = reviews(&cp, "cluster1");
+    let before = cp.token_reviews("cluster1");
     assert!(
         ask(&mut c, &doomed, None).await.is_ok(),
         "remembered within the TTL"
     );
-    assert_eq!(reviews(&cp, "cluster1"), before);
+    assert_eq!(cp.token_reviews("cluster1"), before);
     let deadline = Instant::now() + Duration::from_secs(30);
     let msg = loop {
         clock.advance(time::Duration::seconds(601));
@@ -522,10 +481,10 @@ async fn token_review_by_a_least_privileged_reviewer_accepts_exactly_the_tokens_
 async fn remote_clusters_tokens_are_reviewed_by_their_own_api_servers() {
     let cp = ControlPlane::start(&["cluster1", "cluster2"]);
     let ca = ca();
-    service_account(&cp, "cluster1", "foo", "bar");
-    service_account(&cp, "cluster2", "remote-ns", "remote-sa");
-    let own = token(&cp, "cluster1", "foo", "bar", "istio-ca");
-    let remote = token(&cp, "cluster2", "remote-ns", "remote-sa", "istio-ca");
+    cp.service_account("cluster1", "foo", "bar");
+    cp.service_account("cluster2", "remote-ns", "remote-sa");
+    let own = cp.token("cluster1", "foo", "bar", "istio-ca");
+    let remote = cp.token("cluster2", "remote-ns", "remote-sa", "istio-ca");
 
     // Remote cluster from a kubeconfig context.
     let server = start(
@@ -538,7 +497,7 @@ async fn remote_clusters_tokens_are_reviewed_by_their_own_api_servers() {
     )
     .await;
     let mut c = client(&server, &ca).await;
-    let (r1, r2) = (reviews(&cp, "cluster1"), reviews(&cp, "cluster2"));
+    let (r1, r2) = (cp.token_reviews("cluster1"), cp.token_reviews("cluster2"));
     assert_eq!(
         ask(&mut c, &remote, Some("cluster2")).await.unwrap(),
         spiffe("remote-ns", "remote-sa")
@@ -549,7 +508,10 @@ async fn remote_clusters_tokens_are_reviewed_by_their_own_api_servers() {
         spiffe("foo", "bar")
     );
     assert_eq!(
-        (reviews(&cp, "cluster1") - r1, reviews(&cp, "cluster2") - r2),
+        (
+            cp.token_reviews("cluster1") - r1,
+            cp.token_reviews("cluster2") - r2
+        ),
         (1.0, 1.0),
         "each cluster's API server reviewed its own token once"
     );
@@ -622,13 +584,13 @@ async fn remote_clusters_tokens_are_reviewed_by_their_own_api_servers() {
     )
     .await;
     let mut c = client(&server, &ca).await;
-    let r2 = reviews(&cp, "cluster2");
-    let fresh_remote = token(&cp, "cluster2", "remote-ns", "remote-sa", "istio-ca");
+    let r2 = cp.token_reviews("cluster2");
+    let fresh_remote = cp.token("cluster2", "remote-ns", "remote-sa", "istio-ca");
     assert_eq!(
         ask(&mut c, &fresh_remote, Some("cluster2")).await.unwrap(),
         spiffe("remote-ns", "remote-sa")
     );
-    assert_eq!(reviews(&cp, "cluster2") - r2, 1.0);
+    assert_eq!(cp.token_reviews("cluster2") - r2, 1.0);
     let msg = refused(ask(&mut c, &own, Some("cluster3")).await, &own);
     assert!(
         msg.contains("this CA serves [\"cluster1\", \"cluster2\"]"),
@@ -642,7 +604,7 @@ async fn the_api_servers_jwks_verifies_tokens_locally_without_a_token_review() {
     let cp = ControlPlane::start(&["cluster1", "cluster2"]);
     let ca = ca();
     for c in ["cluster1", "cluster2"] {
-        service_account(&cp, c, "foo", "bar");
+        cp.service_account(c, "foo", "bar");
     }
     // A reviewer of no special rights reads the keys (system:service-account-issuer-discovery
     // is granted to every service account).
@@ -660,15 +622,15 @@ async fn the_api_servers_jwks_verifies_tokens_locally_without_a_token_review() {
     )
     .await;
     let mut c = client(&server, &ca).await;
-    let before = reviews(&cp, "cluster1");
+    let before = cp.token_reviews("cluster1");
 
-    let good = token(&cp, "cluster1", "foo", "bar", "istio-ca");
+    let good = cp.token("cluster1", "foo", "bar", "istio-ca");
     assert_eq!(
         ask(&mut c, &good, None).await.unwrap(),
         spiffe("foo", "bar")
     );
 
-    let other = token(&cp, "cluster1", "foo", "bar", "vault");
+    let other = cp.token("cluster1", "foo", "bar", "vault");
     let msg = refused(ask(&mut c, &other, None).await, &other);
     assert!(
         msg.contains("verified with the keys of https://127.0.0.1:"),
@@ -702,7 +664,7 @@ async fn the_api_servers_jwks_verifies_tokens_locally_without_a_token_review() {
     assert!(msg.contains("no key with kid"), "{msg}");
 
     // Cluster2's token: another issuer.
-    let foreign = token(&cp, "cluster2", "foo", "bar", "istio-ca");
+    let foreign = cp.token("cluster2", "foo", "bar", "istio-ca");
     let msg = refused(ask(&mut c, &foreign, None).await, &foreign);
     assert!(msg.contains("https://cluster2.meshca.test"), "{msg}");
 
@@ -734,7 +696,11 @@ async fn the_api_servers_jwks_verifies_tokens_locally_without_a_token_review() {
         spiffe("foo", "bar")
     );
 
-    assert_eq!(reviews(&cp, "cluster1"), before, "no TokenReview was sent");
+    assert_eq!(
+        cp.token_reviews("cluster1"),
+        before,
+        "no TokenReview was sent"
+    );
     server.shutdown().await.unwrap();
 }
 
@@ -742,8 +708,8 @@ async fn the_api_servers_jwks_verifies_tokens_locally_without_a_token_review() {
 async fn an_api_server_that_is_down_or_hangs_is_a_refusal_within_the_timeout() {
     let mut cp = ControlPlane::start(&["cluster1", "cluster2"]);
     let ca = ca();
-    service_account(&cp, "cluster1", "foo", "bar");
-    service_account(&cp, "cluster2", "foo", "bar");
+    cp.service_account("cluster1", "foo", "bar");
+    cp.service_account("cluster2", "foo", "bar");
     // A listener that takes connections and never answers.
     let hung = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let hung_url = format!("https://{}", hung.local_addr().unwrap());
@@ -780,8 +746,8 @@ async fn an_api_server_that_is_down_or_hangs_is_a_refusal_within_the_timeout() {
     )
     .await;
     let mut c = client(&server, &ca).await;
-    let own = token(&cp, "cluster1", "foo", "bar", "istio-ca");
-    let remote = token(&cp, "cluster2", "foo", "bar", "istio-ca");
+    let own = cp.token("cluster1", "foo", "bar", "istio-ca");
+    let remote = cp.token("cluster2", "foo", "bar", "istio-ca");
     assert_eq!(
         ask(&mut c, &remote, Some("cluster2")).await.unwrap(),
         spiffe("foo", "bar")
@@ -804,7 +770,7 @@ async fn an_api_server_that_is_down_or_hangs_is_a_refusal_within_the_timeout() {
 
     // Killed: refused at once; the other clusters go on.
     cp.kill("cluster2");
-    let fresh = token(&cp, "cluster1", "foo", "bar", "istio-ca");
+    let fresh = cp.token("cluster1", "foo", "bar", "istio-ca");
     let began = Instant::now();
     let msg = refused(ask(&mut c, &fresh, Some("cluster2")).await, &fresh);
     assert!(began.elapsed() < timeout + Duration::from_secs(2));
@@ -817,7 +783,7 @@ async fn an_api_server_that_is_down_or_hangs_is_a_refusal_within_the_timeout() {
 
     // Back: the same token works (refusals are not remembered), over the same client.
     cp.restart("cluster2");
-    let remote2 = token(&cp, "cluster2", "foo", "bar", "istio-ca");
+    let remote2 = cp.token("cluster2", "foo", "bar", "istio-ca");
     assert_eq!(
         ask(&mut c, &remote2, Some("cluster2")).await.unwrap(),
         spiffe("foo", "bar")

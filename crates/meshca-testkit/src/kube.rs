@@ -384,6 +384,49 @@ kubectl --context $MGMT_CONTEXT -n gloo-mesh create secret generic my-root-trust
         .ok();
     }
 
+    /// Creates namespace `ns` (if missing) and service account `sa` in `cluster`. (No
+    /// controller-manager runs: nothing else makes service accounts.)
+    pub fn service_account(&self, cluster: &str, ns: &str, sa: &str) {
+        let namespaces = self.kubectl_ok(["--context", cluster, "get", "namespaces", "-o", "name"]);
+        if !namespaces.lines().any(|l| l == format!("namespace/{ns}")) {
+            self.kubectl_ok(["--context", cluster, "create", "namespace", ns]);
+        }
+        self.kubectl_ok([
+            "--context",
+            cluster,
+            "-n",
+            ns,
+            "create",
+            "serviceaccount",
+            sa,
+        ]);
+    }
+
+    /// A token for service account `ns/sa` of `cluster` from the TokenRequest API, for
+    /// `audience` (istio-agent's projected token asks for `istio-ca`).
+    pub fn token(&self, cluster: &str, ns: &str, sa: &str, audience: &str) -> String {
+        self.kubectl_ok([
+            "--context",
+            cluster,
+            "-n",
+            ns,
+            "create",
+            "token",
+            sa,
+            "--audience",
+            audience,
+        ])
+        .trim()
+        .to_owned()
+    }
+
+    /// The TokenReview `POST`s `cluster`'s API server has counted.
+    pub fn token_reviews(&self, cluster: &str) -> f64 {
+        request_count(&self.raw_get(cluster, "/metrics"), |l| {
+            l.get("resource") == "tokenreviews" && l.get("verb") == "POST"
+        })
+    }
+
     /// How long [`ControlPlane::start`] took, certificates to every `/readyz`.
     pub fn startup_time(&self) -> Duration {
         self.startup

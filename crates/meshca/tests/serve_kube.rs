@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use meshca_testkit::kube::{ControlPlane, request_count};
+use meshca_testkit::kube::ControlPlane;
 use meshca_testkit::{openssl, run_in};
 
 const MESHCA: &str = env!("CARGO_BIN_EXE_meshca");
@@ -76,32 +76,11 @@ fn kubectl(cp: &ControlPlane, cluster: &str, args: &[&str]) -> String {
     cp.kubectl_ok(all)
 }
 
-/// A service account `ns/sa` in `cluster`.
-fn service_account(cp: &ControlPlane, cluster: &str, ns: &str, sa: &str) {
-    let namespaces = kubectl(cp, cluster, &["get", "namespaces", "-o", "name"]);
-    if !namespaces.lines().any(|l| l == format!("namespace/{ns}")) {
-        kubectl(cp, cluster, &["create", "namespace", ns]);
-    }
-    kubectl(cp, cluster, &["-n", ns, "create", "serviceaccount", sa]);
-}
-
 /// A service account `ns/sa` in `cluster` and a token for it from the TokenRequest API for
 /// audience `istio-ca`, as istio-agent's projected token.
 fn service_account_token(cp: &ControlPlane, cluster: &str, ns: &str, sa: &str) -> String {
-    service_account(cp, cluster, ns, sa);
-    kubectl(
-        cp,
-        cluster,
-        &["-n", ns, "create", "token", sa, "--audience", "istio-ca"],
-    )
-    .trim()
-    .to_owned()
-}
-
-fn reviews(cp: &ControlPlane, cluster: &str) -> f64 {
-    request_count(&cp.raw_get(cluster, "/metrics"), |l| {
-        l.get("resource") == "tokenreviews" && l.get("verb") == "POST"
-    })
+    cp.service_account(cluster, ns, sa);
+    cp.token(cluster, ns, sa, "istio-ca")
 }
 
 /// Runs `meshca agent --once` with `token` (and `cluster` as its cluster ID); the URI SAN of the
@@ -222,7 +201,7 @@ fn serve_reviews_tokens_of_its_own_and_remote_clusters_with_their_api_servers() 
     let mut users = String::from("users:\n");
     let mut contexts = String::from("contexts:\n");
     for c in ["cluster1", "cluster2"] {
-        service_account(&cp, c, "meshca-system", "meshca");
+        cp.service_account(c, "meshca-system", "meshca");
         kubectl(
             &cp,
             c,
@@ -293,7 +272,7 @@ fn serve_reviews_tokens_of_its_own_and_remote_clusters_with_their_api_servers() 
 
     let own = service_account_token(&cp, "cluster1", "foo", "bar");
     let remote = service_account_token(&cp, "cluster2", "remote-ns", "remote-sa");
-    let r1 = reviews(&cp, "cluster1");
+    let r1 = cp.token_reviews("cluster1");
     for i in 0..3 {
         assert_eq!(
             agent(d, &ca, &own, None, &format!("own{i}")).unwrap(),
@@ -301,7 +280,7 @@ fn serve_reviews_tokens_of_its_own_and_remote_clusters_with_their_api_servers() 
         );
     }
     assert_eq!(
-        reviews(&cp, "cluster1") - r1,
+        cp.token_reviews("cluster1") - r1,
         1.0,
         "one review, then the cache"
     );
