@@ -314,6 +314,7 @@ impl StatusWriter {
                 policy,
                 report,
                 next,
+                bundles,
                 ..
             } => {
                 for (cluster, outcome) in &report.clusters {
@@ -342,32 +343,30 @@ impl StatusWriter {
                     self.event(policy, EventType::Normal, "RootRotation", step);
                 }
                 let conflict = self.pending.remove(&policy.id);
-                let status =
-                    self.reconciled_status(policy, report, *next, conflict, store, mgmt, now);
+                // Each cluster as it now is, from the bundles the reconcile just verified.
+                let only: Vec<String> = report.clusters.iter().map(|(c, _)| c.clone()).collect();
+                let seen = match &policy.policy {
+                    Some(p) if !only.is_empty() => {
+                        meshca_trust::reconcile::status_with(bundles, store, p, mgmt, &only, now)
+                            .ok()
+                    }
+                    _ => None,
+                };
+                let status = Self::reconciled_status(policy, report, *next, conflict, seen);
                 self.write_status(policy, status, now);
             }
             Event::Loaded(_) | Event::Removed(_) => {}
         }
     }
 
-    #[allow(clippy::too_many_arguments)]
+    /// The status after a reconcile: its report, and `seen`, each cluster as it now is.
     fn reconciled_status(
-        &self,
         policy: &Sourced,
         report: &meshca_trust::Report,
         next: OffsetDateTime,
         conflict: Option<String>,
-        store: &dyn SecretStore,
-        mgmt: &str,
-        now: OffsetDateTime,
+        seen: Option<meshca_trust::reconcile::Status>,
     ) -> PolicyStatus {
-        let only: Vec<String> = report.clusters.iter().map(|(c, _)| c.clone()).collect();
-        let seen = match &policy.policy {
-            Some(p) if !only.is_empty() => {
-                meshca_trust::reconcile::status(store, p, mgmt, &only, now).ok()
-            }
-            _ => None,
-        };
         let mut clusters = Vec::new();
         for (name, outcome) in &report.clusters {
             let st = seen

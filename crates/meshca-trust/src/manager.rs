@@ -222,6 +222,9 @@ pub enum Event<'a> {
         report: &'a Report,
         /// When the manager wakes again at the latest.
         next: OffsetDateTime,
+        /// The bundles the manager has loaded and verified, for a listener that looks at the
+        /// clusters again (their status) without verifying them again.
+        bundles: &'a BundleCache,
     },
     /// A policy's reconcile stopped before writing anything.
     Failed {
@@ -482,6 +485,7 @@ impl<'a> Manager<'a> {
                     at,
                     report,
                     next,
+                    bundles: &self.cache,
                 }),
                 Err(error) => on_event(&Event::Failed {
                     policy: sourced,

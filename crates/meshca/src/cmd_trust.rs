@@ -760,6 +760,7 @@ fn print_event(e: &meshca_trust::manager::Event<'_>, from_file: bool) -> std::io
             at,
             report,
             next,
+            ..
         } => {
             let changed: Vec<_> = report
                 .clusters

@@ -55,6 +55,19 @@ pub fn status(
     only: &[String],
     now: OffsetDateTime,
 ) -> Result<Status, TrustError> {
+    status_with(&BundleCache::new(), store, policy, mgmt, only, now)
+}
+
+/// [`status`], taking bundles already loaded from `cache` (a manager's, right after its
+/// reconcile loaded them) and adding what it loads.
+pub fn status_with(
+    cache: &BundleCache,
+    store: &dyn SecretStore,
+    policy: &TrustPolicy,
+    mgmt: &str,
+    only: &[String],
+    now: OffsetDateTime,
+) -> Result<Status, TrustError> {
     let state = rotation::load(store, policy, mgmt)?;
     let current = match root_secret(policy) {
         Some(r) => match store.read(&r.key(mgmt))? {
@@ -72,10 +85,9 @@ pub fn status(
         .map(|c| target(c, next.as_ref(), state.as_ref().map(|s| s.phase), &passive));
     let mut out = Vec::new();
     // Each bundle is loaded once for the three questions asked of it.
-    let cache = BundleCache::new();
     let none = Records::none();
     let known = Known {
-        cache: &cache,
+        cache,
         records: &none,
     };
     for cluster in clusters(store, policy, mgmt, only)? {
