@@ -17,8 +17,10 @@
 
 use std::fs;
 use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
 
-use crate::kube::{peers_dir, required_version};
+use crate::kube::{ControlPlane, Proc, free_ports, peers_dir, required_version};
 
 /// The `istio.io/istio` version the peers are built at, a pseudo-version like
 /// `v0.0.0-20260827124520-eed52ebb66ad` (from `interop/istio/go.mod`).
@@ -103,6 +105,315 @@ pub fn agent_loopback_only(workdir: &Path) {
     }
     text.push_str("status.sidecar.istio.io/port=\"0\"\n");
     fs::write(&path, text).expect("write pod annotations");
+}
+
+/// Gets `cluster` of `cp` ready for istiod: the `istio-system` namespace (if missing) and Istio's
+/// CRDs (`manifests/charts/base/files/crd-all.gen.yaml` of the module, applied server-side).
+pub fn install_istio_base(cp: &ControlPlane, cluster: &str) {
+    let namespaces = cp.kubectl_ok(["--context", cluster, "get", "namespaces", "-o", "name"]);
+    if !namespaces.lines().any(|l| l == "namespace/istio-system") {
+        cp.kubectl_ok(["--context", cluster, "create", "namespace", "istio-system"]);
+    }
+    let crds = istio_module_dir().join("manifests/charts/base/files/crd-all.gen.yaml");
+    cp.kubectl_ok([
+        "--context".as_ref(),
+        cluster.as_ref(),
+        "apply".as_ref(),
+        "--server-side".as_ref(),
+        "-f".as_ref(),
+        crds.as_os_str(),
+    ]);
+}
+
+/// Polls `cond` every 100 ms until it holds; after `timeout`, or as soon as `exited` reports the
+/// process gone, panics naming `what` with `log`'s tail.
+fn wait_until(what: &str, timeout: Duration, proc: &mut Proc, mut cond: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !cond() {
+        if let Some(status) = proc.exited() {
+            panic!(
+                "waiting for {what}: the process exited ({status})\n{}",
+                proc.log_tail()
+            );
+        }
+        assert!(
+            start.elapsed() < timeout,
+            "no {what} after {timeout:?}\n{}",
+            proc.log_tail()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// A real istiod (`pilot-discovery discovery`) for one cluster of a [`ControlPlane`], every
+/// listener on 127.0.0.1, its CA signing with a plugged-in cacerts folder or its own
+/// self-signed root. Killed on drop (and by a watchdog if the test process dies first).
+pub struct Istiod {
+    proc: Option<Proc>,
+    ports: DiscoveryPorts,
+    log: PathBuf,
+}
+
+impl Istiod {
+    /// Starts istiod in `dir` against `cluster` of `cp` (a kubeconfig of that context alone, so
+    /// TokenReviews go to that cluster's API server), with cluster ID `cluster`, `ROOT_CA_DIR`
+    /// at `cacerts` when given, and `env` on top; waits until `/ready` answers 200 and the CA's
+    /// port (`--secureGRPCAddr`) listens. [`install_istio_base`] must have run for `cluster`.
+    pub fn start(
+        cp: &ControlPlane,
+        cluster: &str,
+        dir: &Path,
+        cacerts: Option<&Path>,
+        env: &[(&str, &str)],
+    ) -> Istiod {
+        fs::create_dir_all(dir).expect("create istiod folder");
+        let kubeconfig = dir.join("kubeconfig");
+        let minified = cp.kubectl_ok([
+            "config",
+            "view",
+            "--minify",
+            "--flatten",
+            "--context",
+            cluster,
+        ]);
+        fs::write(&kubeconfig, minified).expect("write istiod kubeconfig");
+        let p = free_ports(6);
+        let ports = DiscoveryPorts {
+            http: p[0],
+            grpc: p[1],
+            secure_grpc: p[2],
+            monitoring: p[3],
+            https: p[4],
+            ctrlz: p[5],
+        };
+        let mut cmd = Command::new(pilot_discovery_bin());
+        cmd.arg("discovery")
+            .arg(format!("--kubeconfig={}", kubeconfig.display()))
+            .args(pilot_discovery_loopback_flags(ports))
+            .current_dir(dir)
+            .env_remove("KUBECONFIG")
+            .env("POD_NAMESPACE", "istio-system")
+            .env("POD_NAME", "istiod-0")
+            .env("CLUSTER_ID", cluster);
+        if let Some(cacerts) = cacerts {
+            cmd.env("ROOT_CA_DIR", cacerts);
+        }
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let log = dir.join("pilot-discovery.log");
+        let mut proc = Proc::start(cmd, &log);
+        let http = ports.http;
+        wait_until(
+            "a ready istiod",
+            Duration::from_secs(120),
+            &mut proc,
+            || http_get_ok(http, "/ready"),
+        );
+        let pid = proc.pid();
+        wait_until(
+            "istiod's CA port listening",
+            Duration::from_secs(60),
+            &mut proc,
+            || {
+                listeners_of(pid)
+                    .iter()
+                    .any(|l| l.port == ports.secure_grpc)
+            },
+        );
+        Istiod {
+            proc: Some(proc),
+            ports,
+            log,
+        }
+    }
+
+    /// Where pilot-agent's `CA_ADDR` should point: `localhost:<secure gRPC port>`. A host with
+    /// "localhost" in it makes pilot-agent check istiod's serving certificate for
+    /// `istiod.istio-system.svc`, the name istiod's own certificate carries.
+    pub fn ca_addr(&self) -> String {
+        format!("localhost:{}", self.ports.secure_grpc)
+    }
+
+    /// The ports it listens on.
+    pub fn ports(&self) -> DiscoveryPorts {
+        self.ports
+    }
+
+    /// Its process id.
+    pub fn pid(&self) -> u32 {
+        self.proc.as_ref().map_or(0, Proc::pid)
+    }
+
+    /// Its log so far.
+    pub fn log(&self) -> String {
+        fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Its metrics (`--monitoringAddr`, `/metrics`) in Prometheus text format.
+    pub fn metrics(&self) -> String {
+        http_get(self.ports.monitoring, "/metrics").unwrap_or_default()
+    }
+}
+
+impl Drop for Istiod {
+    fn drop(&mut self) {
+        if let Some(p) = self.proc.take() {
+            p.kill();
+        }
+    }
+}
+
+/// `GET path` on 127.0.0.1:`port` over HTTP/1.0: the body when the status is 200.
+fn http_get(port: u16, path: &str) -> Option<String> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").as_bytes())
+        .ok()?;
+    let mut reply = String::new();
+    s.read_to_string(&mut reply).ok()?;
+    let (head, body) = reply.split_once("\r\n\r\n")?;
+    (head.starts_with("HTTP/1.0 200") || head.starts_with("HTTP/1.1 200")).then(|| body.to_owned())
+}
+
+fn http_get_ok(port: u16, path: &str) -> bool {
+    http_get(port, path).is_some()
+}
+
+/// What a [`PilotAgent`] is told: its CA, its identity and credentials.
+#[derive(Debug, Clone)]
+pub struct AgentConfig {
+    /// `CA_ADDR` (and the discovery address): see [`Istiod::ca_addr`]
+    pub ca_addr: String,
+    /// The PEM root bundle it checks the CA's serving certificate with
+    /// (`./var/run/secrets/istio/root-cert.pem`, as the `istio-ca-root-cert` ConfigMap mounts it)
+    pub ca_root_pem: String,
+    /// Its service-account token (`./var/run/secrets/tokens/istio-token`); with
+    /// `JWT_POLICY=third-party-jwt` it is read again for every request
+    pub token: String,
+    /// `POD_NAMESPACE`
+    pub namespace: String,
+    /// `SERVICE_ACCOUNT`
+    pub service_account: String,
+    /// `ISTIO_META_CLUSTER_ID`, sent to the CA as the request's `ClusterID` metadata
+    pub cluster_id: String,
+    /// `TRUST_DOMAIN`
+    pub trust_domain: String,
+    /// `SECRET_TTL`: the lifetime it asks for (it renews at half of it)
+    pub secret_ttl: Option<String>,
+}
+
+/// A real istio-agent (`pilot-agent proxy sidecar`) without Envoy (`DISABLE_ENVOY=true`), in a
+/// folder laid out like a pod's: it asks its CA for a workload certificate, writes
+/// `cert-chain.pem`, `key.pem` and `root-cert.pem` to [`PilotAgent::out_dir`] (`OUTPUT_CERTS`),
+/// and renews them. No status server ([`agent_loopback_only`]). Killed on drop.
+pub struct PilotAgent {
+    proc: Option<Proc>,
+    dir: PathBuf,
+    log: PathBuf,
+}
+
+impl PilotAgent {
+    /// Starts it in `dir` (created), as configured.
+    pub fn start(dir: &Path, cfg: &AgentConfig) -> PilotAgent {
+        let secrets = dir.join("var/run/secrets");
+        fs::create_dir_all(secrets.join("tokens")).expect("create token folder");
+        fs::create_dir_all(secrets.join("istio")).expect("create root folder");
+        fs::write(secrets.join("istio/root-cert.pem"), &cfg.ca_root_pem).expect("write root");
+        let mut agent = PilotAgent {
+            proc: None,
+            dir: dir.to_owned(),
+            log: dir.join("pilot-agent.log"),
+        };
+        agent.set_token(&cfg.token);
+        agent_loopback_only(dir);
+        let mut cmd = Command::new(pilot_agent_bin());
+        cmd.args(["proxy", "sidecar"])
+            .current_dir(dir)
+            .env("DISABLE_ENVOY", "true")
+            .env("CA_ADDR", &cfg.ca_addr)
+            .env(
+                "PROXY_CONFIG",
+                format!("{{\"discoveryAddress\": \"{}\"}}", cfg.ca_addr),
+            )
+            .env("JWT_POLICY", "third-party-jwt")
+            .env("OUTPUT_CERTS", agent.out_dir())
+            .env("POD_NAME", format!("{}-0", cfg.service_account))
+            .env("POD_NAMESPACE", &cfg.namespace)
+            .env("SERVICE_ACCOUNT", &cfg.service_account)
+            .env("INSTANCE_IP", "127.0.0.1")
+            .env("ISTIO_META_CLUSTER_ID", &cfg.cluster_id)
+            .env("TRUST_DOMAIN", &cfg.trust_domain);
+        if let Some(ttl) = &cfg.secret_ttl {
+            cmd.env("SECRET_TTL", ttl);
+        }
+        agent.proc = Some(Proc::start(cmd, &agent.log));
+        agent
+    }
+
+    /// Replaces its token file (as the kubelet refreshes a projected token).
+    pub fn set_token(&self, token: &str) {
+        let path = self.dir.join("var/run/secrets/tokens/istio-token");
+        let tmp = path.with_extension("tmp");
+        fs::write(&tmp, token).expect("write token");
+        fs::rename(&tmp, &path).expect("replace token");
+    }
+
+    /// Where it writes `cert-chain.pem`, `key.pem` and `root-cert.pem`.
+    pub fn out_dir(&self) -> PathBuf {
+        self.dir.join("out")
+    }
+
+    /// Its working folder.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Its process id.
+    pub fn pid(&self) -> u32 {
+        self.proc.as_ref().map_or(0, Proc::pid)
+    }
+
+    /// Its log so far.
+    pub fn log(&self) -> String {
+        fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Waits until `cond` holds, panicking with its log after `timeout` or if it exits.
+    pub fn wait_for(&mut self, what: &str, timeout: Duration, cond: impl FnMut() -> bool) {
+        let proc = self.proc.as_mut().expect("a started agent");
+        wait_until(what, timeout, proc, cond);
+    }
+
+    /// Waits until `cert-chain.pem` and `root-cert.pem` exist and the chain differs from
+    /// `previous` (pass `None` for the first one); returns the new `cert-chain.pem`.
+    pub fn wait_for_chain(&mut self, previous: Option<&str>, timeout: Duration) -> String {
+        let out = self.out_dir();
+        let mut chain = String::new();
+        self.wait_for("a new cert-chain.pem", timeout, || {
+            match (
+                fs::read_to_string(out.join("cert-chain.pem")),
+                out.join("root-cert.pem").exists(),
+            ) {
+                (Ok(c), true) if c.contains("-----END CERTIFICATE-----") => {
+                    let new = Some(c.as_str()) != previous;
+                    chain = c;
+                    new
+                }
+                _ => false,
+            }
+        });
+        chain
+    }
+}
+
+impl Drop for PilotAgent {
+    fn drop(&mut self) {
+        if let Some(p) = self.proc.take() {
+            p.kill();
+        }
+    }
 }
 
 /// A TCP or UDP socket in the LISTEN state (TCP) or bound (UDP) held by a process, from

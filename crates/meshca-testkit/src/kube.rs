@@ -167,7 +167,7 @@ impl Watchdog {
 
 /// A server process with its log file and the watchdog that kills it if the test process dies
 /// without dropping it.
-struct Proc {
+pub(crate) struct Proc {
     child: Child,
     watchdog: Watchdog,
     log: PathBuf,
@@ -176,20 +176,26 @@ struct Proc {
 impl Proc {
     /// Starts `program` with its stdout and stderr appended to `log`.
     fn spawn(program: &Path, args: &[OsString], cwd: &Path, log: &Path) -> Proc {
+        let mut cmd = Command::new(program);
+        cmd.args(args).current_dir(cwd);
+        Proc::start(cmd, log)
+    }
+
+    /// Starts `cmd` (its program, arguments, folder and environment as set) with stdin closed
+    /// and its stdout and stderr appended to `log`.
+    pub(crate) fn start(mut cmd: Command, log: &Path) -> Proc {
         let out = OpenOptions::new()
             .create(true)
             .append(true)
             .open(log)
             .expect("log file opens");
         let err = out.try_clone().expect("log file handle clones");
-        let child = Command::new(program)
-            .args(args)
-            .current_dir(cwd)
+        let child = cmd
             .stdin(Stdio::null())
             .stdout(out)
             .stderr(err)
             .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {}: {e}", program.display()));
+            .unwrap_or_else(|e| panic!("cannot start {:?}: {e}", cmd.get_program()));
         let watchdog = Watchdog::arm(
             r#"kill -9 "$1" 2>/dev/null"#,
             child.id().to_string().as_ref(),
@@ -201,24 +207,24 @@ impl Proc {
         }
     }
 
-    fn pid(&self) -> u32 {
+    pub(crate) fn pid(&self) -> u32 {
         self.child.id()
     }
 
     /// Whether the process has exited, and how.
-    fn exited(&mut self) -> Option<std::process::ExitStatus> {
+    pub(crate) fn exited(&mut self) -> Option<std::process::ExitStatus> {
         self.child.try_wait().expect("process status can be read")
     }
 
     /// SIGKILLs the process and reaps it, after the watchdog, so the watchdog can never act on a
     /// reused pid.
-    fn kill(mut self) {
+    pub(crate) fn kill(mut self) {
         self.watchdog.disarm();
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
 
-    fn log_tail(&self) -> String {
+    pub(crate) fn log_tail(&self) -> String {
         log_tail(&self.log)
     }
 }
@@ -237,7 +243,7 @@ fn log_tail(log: &Path) -> String {
 
 /// Ports that were free on 127.0.0.1 a moment ago. The listeners are held until all are
 /// picked so that one call never hands out the same port twice.
-fn free_ports(n: usize) -> Vec<u16> {
+pub(crate) fn free_ports(n: usize) -> Vec<u16> {
     let listeners: Vec<TcpListener> = (0..n)
         .map(|_| TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0"))
         .collect();
