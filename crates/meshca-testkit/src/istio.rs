@@ -327,6 +327,7 @@ impl PilotAgent {
             log: dir.join("pilot-agent.log"),
         };
         agent.set_token(&cfg.token);
+        fs::create_dir_all(agent.out_dir()).expect("create OUTPUT_CERTS folder");
         agent_loopback_only(dir);
         let mut cmd = Command::new(pilot_agent_bin());
         cmd.args(["proxy", "sidecar"])

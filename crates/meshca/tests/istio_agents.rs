@@ -1,0 +1,508 @@
+//! Istio as the judge: the real istio-agent (`pilot-agent`, without Envoy) gets and renews its
+//! workload certificate from `meshca serve` with a real service-account token; the real istiod
+//! loads every kind of bundle meshca writes and issues from it to a real pilot-agent, on which
+//! the seeds' verification steps print `identical`, `identical`, `OK`; and two clusters, one
+//! served by `meshca serve` and one by istiod, each with a renewing pilot-agent, stay mutually
+//! verifiable through every phase of `meshca trust rotate-root` on a fake clock.
+//!
+//! Everything runs on loopback against real kube-apiservers (`meshca_testkit::kube`) and the
+//! Istio peers `scripts/peers` builds (`meshca_testkit::istio`).
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers panic on setup failures by design
+
+use std::fs;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use meshca_pki::Certificate;
+use meshca_testkit::istio::{AgentConfig, Istiod, PilotAgent, install_istio_base, listeners_of};
+use meshca_testkit::kube::ControlPlane;
+use meshca_testkit::{pem_blocks, run_in};
+
+const MESHCA: &str = env!("CARGO_BIN_EXE_meshca");
+
+/// How long one certificate may take to arrive (a pilot-agent retries with backoff).
+const CERT_WAIT: Duration = Duration::from_secs(60);
+
+/// A process killed on drop, its output in `<dir>/<name>.log`; its stdout lines are also
+/// forwarded for [`Proc::line`].
+struct Proc {
+    name: String,
+    child: Child,
+    log: PathBuf,
+    lines: mpsc::Receiver<String>,
+}
+
+impl Proc {
+    fn start(dir: &Path, name: &str, mut cmd: Command) -> Proc {
+        let log = dir.join(format!("{name}.log"));
+        let mut child = cmd
+            .current_dir(dir)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap_or_else(|e| panic!("{name} starts: {e}"));
+        let stdout = child.stdout.take().unwrap();
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        Proc {
+            name: name.to_owned(),
+            child,
+            log,
+            lines,
+        }
+    }
+
+    /// The rest of the first stdout line starting with `prefix`.
+    fn line(&self, prefix: &str, timeout: Duration) -> String {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) => {
+                    if let Some(rest) = line.strip_prefix(prefix) {
+                        return rest.trim().to_owned();
+                    }
+                }
+                Err(e) => panic!(
+                    "{}: no line starting with {prefix:?} ({e}); its log:\n{}",
+                    self.name,
+                    fs::read_to_string(&self.log).unwrap_or_default()
+                ),
+            }
+        }
+    }
+
+    fn log(&self) -> String {
+        fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `meshca serve` for `cluster` of `cp` on a free loopback port, signing with `cacerts`,
+/// reviewing bearer tokens with that cluster's API server (TokenReview), reloading every 100 ms.
+/// Returns it and `localhost:<port>` for `CA_ADDR`.
+fn meshca_serve(cp: &ControlPlane, cluster: &str, dir: &Path, cacerts: &Path) -> (Proc, String) {
+    let mut cmd = Command::new(MESHCA);
+    cmd.arg("serve")
+        .arg("--cacerts")
+        .arg(cacerts)
+        .args(["--listen", "127.0.0.1:0", "--token-review", "--kubeconfig"])
+        .arg(cp.kubeconfig())
+        .args(["--context", cluster, "--cluster-id", cluster])
+        .args(["--reload-interval", "100ms"])
+        .env("MESHCA_LOG", "info")
+        .env_remove("KUBECONFIG");
+    let p = Proc::start(dir, &format!("serve-{cluster}"), cmd);
+    let addr = p.line("listening on ", Duration::from_secs(30));
+    let port = addr.rsplit(':').next().unwrap().to_owned();
+    (p, format!("localhost:{port}"))
+}
+
+/// `meshca certs -C dir` with `env` (the Makefile's variables).
+fn certs(dir: &Path, targets: &[&str], env: &[(&str, &str)]) {
+    fs::create_dir_all(dir).unwrap();
+    let mut args = vec!["certs", "-C", dir.to_str().unwrap()];
+    args.extend_from_slice(targets);
+    run_in(MESHCA, dir, args, env).ok();
+}
+
+/// The agent for `foo/<sa>` of `cluster`, with a TokenRequest token for audience `istio-ca`.
+fn agent_config(
+    cp: &ControlPlane,
+    cluster: &str,
+    sa: &str,
+    ca_addr: &str,
+    ca_root_pem: String,
+    secret_ttl: Option<&str>,
+) -> AgentConfig {
+    AgentConfig {
+        ca_addr: ca_addr.to_owned(),
+        ca_root_pem,
+        token: cp.token(cluster, "foo", sa, "istio-ca"),
+        namespace: "foo".to_owned(),
+        service_account: sa.to_owned(),
+        cluster_id: cluster.to_owned(),
+        trust_domain: "cluster.local".to_owned(),
+        secret_ttl: secret_ttl.map(str::to_owned),
+    }
+}
+
+fn certificates(pem: &str) -> Vec<Certificate> {
+    Certificate::all_from_pem(pem.as_bytes(), "test").unwrap()
+}
+
+/// Serves the agent's `cert-chain.pem` and `key.pem` with `openssl s_server` (what Envoy would
+/// present from them) and runs the seeds' verification steps against it, verbatim but for the
+/// address and with their `/tmp` files kept in `work`; `bundle` is the cacerts folder the CA
+/// signed with, reached as `certs/cluster1` as the seed has it. Asserts the seeds' output.
+fn seeds_verification(work: &Path, bundle: &Path, agent_out: &Path) -> String {
+    fs::create_dir_all(work.join("certs")).unwrap();
+    let link = work.join("certs/cluster1");
+    let _ = fs::remove_file(&link);
+    std::os::unix::fs::symlink(bundle, &link).unwrap();
+    let chain = fs::read_to_string(agent_out.join("cert-chain.pem")).unwrap();
+    let blocks = pem_blocks(&chain);
+    fs::write(work.join("served-leaf.pem"), &blocks[0]).unwrap();
+    fs::write(work.join("served-rest.pem"), blocks[1..].concat()).unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut server = Command::new("openssl");
+    server
+        .args(["s_server", "-quiet", "-accept"])
+        .arg(format!("127.0.0.1:{port}"))
+        .args(["-cert", "served-leaf.pem", "-cert_chain", "served-rest.pem"])
+        .arg("-key")
+        .arg(agent_out.join("key.pem"));
+    let server = Proc::start(work, "s_server", server);
+    let pid = server.child.id();
+    let start = Instant::now();
+    while !listeners_of(pid).iter().any(|l| l.port == port) {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "openssl s_server does not listen: {}",
+            server.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let script = format!(
+        r#"set -e
+openssl s_client -showcerts -connect 127.0.0.1:{port} </dev/null > httpbin-proxy-cert.txt 2>/dev/null || true
+sed -n '/-----BEGIN CERTIFICATE-----/{{:start /-----END CERTIFICATE-----/!{{N;b start}};/.*/p}}' httpbin-proxy-cert.txt > certs.pem
+awk 'BEGIN {{counter=0;}} /BEGIN CERT/{{counter++}} {{ print > "proxy-cert-" counter ".pem"}}' < certs.pem
+openssl x509 -in certs/cluster1/root-cert.pem -text -noout > root-cert.crt.txt
+openssl x509 -in ./proxy-cert-3.pem -text -noout > pod-root-cert.crt.txt
+diff -s root-cert.crt.txt pod-root-cert.crt.txt
+openssl x509 -in certs/cluster1/ca-cert.pem -text -noout > ca-cert.crt.txt
+openssl x509 -in ./proxy-cert-2.pem -text -noout > pod-cert-chain-ca.crt.txt
+diff -s ca-cert.crt.txt pod-cert-chain-ca.crt.txt
+openssl verify -CAfile <(cat certs/cluster1/ca-cert.pem certs/cluster1/root-cert.pem) ./proxy-cert-1.pem
+"#
+    );
+    let out = run_in("bash", work, ["-c", &script], &[]).ok();
+    drop(server);
+    assert_eq!(
+        out.stdout.matches("are identical").count(),
+        2,
+        "{}",
+        out.stdout
+    );
+    assert!(
+        out.stdout.contains("./proxy-cert-1.pem: OK"),
+        "{}",
+        out.stdout
+    );
+    out.stdout
+}
+
+/// A scratch folder, kept when `MESHCA_KEEP_ISTIO_DIR` is set.
+fn scratch() -> tempfile::TempDir {
+    let mut t = tempfile::Builder::new()
+        .prefix("meshca-istio-")
+        .tempdir()
+        .unwrap();
+    if std::env::var_os("MESHCA_KEEP_ISTIO_DIR").is_some() {
+        eprintln!("keeping {}", t.path().display());
+        t.disable_cleanup(true);
+    }
+    t
+}
+
+#[test]
+fn pilot_agent_gets_and_renews_its_certificate_from_meshca_serve() {
+    let t = scratch();
+    let d = t.path();
+    let cp = ControlPlane::start(&["cluster1"]);
+    cp.service_account("cluster1", "foo", "httpbin");
+    certs(
+        &d.join("certs"),
+        &["root-ca", "cluster1-cacerts"],
+        &[
+            ("ROOTCA_KEY_TYPE", "ecdsa-p256"),
+            ("INTERMEDIATE_KEY_TYPE", "ecdsa-p256"),
+        ],
+    );
+    let bundle = d.join("certs/cluster1");
+    let (serve, ca_addr) = meshca_serve(&cp, "cluster1", d, &bundle);
+    let root = fs::read_to_string(bundle.join("root-cert.pem")).unwrap();
+    let reviews_before = cp.token_reviews("cluster1");
+    let mut agent = PilotAgent::start(
+        &d.join("httpbin"),
+        &agent_config(
+            &cp,
+            "cluster1",
+            "httpbin",
+            &ca_addr,
+            root.clone(),
+            Some("20s"),
+        ),
+    );
+
+    let first = agent.wait_for_chain(None, CERT_WAIT);
+    let out = agent.out_dir();
+    let chain = certificates(&first);
+    assert_eq!(chain.len(), 3, "leaf, intermediate, root:\n{first}");
+    assert_eq!(
+        chain[0].uris(),
+        ["spiffe://cluster.local/ns/foo/sa/httpbin"],
+        "the identity of the token"
+    );
+    assert_eq!(
+        chain[1].der(),
+        certificates(&fs::read_to_string(bundle.join("ca-cert.pem")).unwrap())[0].der()
+    );
+    let lifetime = chain[0].not_after() - chain[0].not_before();
+    assert!(
+        lifetime <= time::Duration::seconds(20) + time::Duration::minutes(5),
+        "the SECRET_TTL asked for, not the 24h default: {lifetime}"
+    );
+    // pilot-agent writes the PEM it got with surrounding whitespace trimmed.
+    assert_eq!(
+        fs::read_to_string(out.join("root-cert.pem")).unwrap(),
+        root.trim()
+    );
+    assert_eq!(
+        chain[2].der(),
+        certificates(&root)[0].der(),
+        "root last, as istiod answers"
+    );
+    let key = meshca_pki::PrivateKey::from_pem(&fs::read(out.join("key.pem")).unwrap(), "key.pem")
+        .unwrap();
+    assert!(
+        chain[0].matches_key(&key),
+        "key.pem belongs to the certificate"
+    );
+    assert!(
+        cp.token_reviews("cluster1") > reviews_before,
+        "the token was reviewed by the API server"
+    );
+
+    // SECRET_TTL=20s: it renews at half the lifetime.
+    let started = Instant::now();
+    let second = agent.wait_for_chain(Some(&first), Duration::from_secs(40));
+    let renewed = certificates(&second);
+    assert_ne!(
+        renewed[0].sha256_fingerprint(),
+        chain[0].sha256_fingerprint()
+    );
+    assert_eq!(renewed[0].uris(), chain[0].uris());
+    println!("renewed after {:?}", started.elapsed());
+    let seeds = seeds_verification(&d.join("seed"), &bundle, &out);
+    println!("{seeds}");
+    drop(agent);
+    drop(serve);
+}
+
+/// A RootTrustPolicy in Gloo's schema with a generated root: the kind `meshca trust` manages.
+const GLOO_POLICY: &str = "apiVersion: admin.gloo.solo.io/v2
+kind: RootTrustPolicy
+metadata:
+  name: root-trust-policy
+  namespace: gloo-mesh
+spec:
+  config:
+    mgmtServerCa:
+      generated:
+        ttlDays: 365
+    intermediateCertOptions:
+      ttlDays: 30
+      rsaKeySizeBytes: 2048
+";
+
+/// meshca's own schema: a generated root and ECDSA P-256 intermediates.
+const MESHCA_POLICY: &str = "apiVersion: trust.meshca/v1alpha1
+kind: RootTrustPolicy
+metadata:
+  name: mesh
+  namespace: gloo-mesh
+spec:
+  config:
+    mgmtServerCa:
+      generated:
+        ttlDays: 365
+    intermediateCertOptions:
+      ttlDays: 30
+      keyType: ecdsa-p256
+";
+
+/// cfssl's signing config for the external signer: a profile issuing CA certificates.
+const CFSSL_CONFIG: &str = r#"{
+  "signing": {
+    "default": { "expiry": "24h", "usages": ["digital signature"] },
+    "profiles": {
+      "intermediate": {
+        "expiry": "720h",
+        "usages": ["digital signature", "cert sign", "crl sign"],
+        "ca_constraint": { "is_ca": true, "max_path_len": 0, "max_path_len_zero": true }
+      }
+    }
+  }
+}"#;
+
+/// `meshca trust apply` of `policy` over a folder store holding `mgmt` and `cluster1`; returns
+/// cluster1's cacerts folder.
+fn trust_bundle(d: &Path, policy: &str) -> PathBuf {
+    for c in ["mgmt", "cluster1"] {
+        fs::create_dir_all(d.join("store").join(c)).unwrap();
+    }
+    fs::write(d.join("policy.yaml"), policy).unwrap();
+    run_in(
+        MESHCA,
+        d,
+        ["trust", "apply", "-f", "policy.yaml", "--store", "store"],
+        &[],
+    )
+    .ok();
+    d.join("store/cluster1/istio-system/cacerts")
+}
+
+/// A cluster1 intermediate signed by Debian's real `cfssl serve` (the root's key stays in cfssl)
+/// through `meshca trust`'s external signer; returns cluster1's cacerts folder and the signer.
+fn cfssl_bundle(d: &Path) -> (PathBuf, Proc) {
+    certs(
+        &d.join("root"),
+        &["root-ca"],
+        &[("ROOTCA_KEY_TYPE", "ecdsa-p256")],
+    );
+    fs::write(d.join("cfssl.json"), CFSSL_CONFIG).unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut cmd = Command::new("cfssl");
+    cmd.args(["serve", "-address", "127.0.0.1", "-port"])
+        .arg(port.to_string())
+        .args([
+            "-ca",
+            "root/root-cert.pem",
+            "-ca-key",
+            "root/root-key.pem",
+            "-config",
+            "cfssl.json",
+        ]);
+    let cfssl = Proc::start(d, "cfssl", cmd);
+    let pid = cfssl.child.id();
+    let start = Instant::now();
+    while !listeners_of(pid).iter().any(|l| l.port == port) {
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "cfssl serve does not listen: {}",
+            cfssl.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let policy = format!(
+        "apiVersion: trust.meshca/v1alpha1
+kind: RootTrustPolicy
+metadata:
+  name: external
+  namespace: gloo-mesh
+spec:
+  config:
+    externalSigner:
+      cfssl:
+        url: http://127.0.0.1:{port}
+        profile: intermediate
+    intermediateCertOptions:
+      ttlDays: 20
+      keyType: ecdsa-p256
+"
+    );
+    (trust_bundle(d, &policy), cfssl)
+}
+
+#[test]
+fn istiod_loads_every_kind_of_bundle_meshca_writes_and_issues_from_it() {
+    let t = scratch();
+    let d = t.path();
+    let cp = ControlPlane::start(&["cluster1"]);
+    install_istio_base(&cp, "cluster1");
+    cp.service_account("cluster1", "foo", "httpbin");
+
+    let mut bundles: Vec<(&str, PathBuf)> = Vec::new();
+    for (name, root_key, int_key) in [
+        ("meshca certs, RSA-4096 (the defaults)", "rsa", "rsa"),
+        ("meshca certs, ECDSA P-256", "ecdsa-p256", "ecdsa-p256"),
+        ("meshca certs, ECDSA P-384", "ecdsa-p384", "ecdsa-p384"),
+        (
+            "meshca certs, RSA root, P-256 intermediate",
+            "rsa",
+            "ecdsa-p256",
+        ),
+    ] {
+        let dir = d.join(format!("certs-{root_key}-{int_key}"));
+        certs(
+            &dir,
+            &["root-ca", "cluster1-cacerts"],
+            &[
+                ("ROOTCA_KEY_TYPE", root_key),
+                ("INTERMEDIATE_KEY_TYPE", int_key),
+            ],
+        );
+        bundles.push((name, dir.join("cluster1")));
+    }
+    bundles.push((
+        "meshca trust, Gloo's schema, RSA-2048 intermediate",
+        trust_bundle(&d.join("trust-gloo"), GLOO_POLICY),
+    ));
+    bundles.push((
+        "meshca trust, ECDSA P-256 intermediate",
+        trust_bundle(&d.join("trust-meshca"), MESHCA_POLICY),
+    ));
+    let (cfssl_bundle, _cfssl) = cfssl_bundle(&d.join("trust-cfssl"));
+    bundles.push(("meshca trust, cfssl external signer", cfssl_bundle));
+
+    for (i, (name, bundle)) in bundles.iter().enumerate() {
+        let started = Instant::now();
+        let istiod = Istiod::start(
+            &cp,
+            "cluster1",
+            &d.join(format!("istiod-{i}")),
+            Some(bundle),
+            &[],
+        );
+        let ready = started.elapsed();
+        let root = fs::read_to_string(bundle.join("root-cert.pem")).unwrap();
+        let mut agent = PilotAgent::start(
+            &d.join(format!("agent-{i}")),
+            &agent_config(&cp, "cluster1", "httpbin", &istiod.ca_addr(), root, None),
+        );
+        let pem = agent.wait_for_chain(None, CERT_WAIT);
+        let chain = certificates(&pem);
+        assert_eq!(
+            chain[0].uris(),
+            ["spiffe://cluster.local/ns/foo/sa/httpbin"],
+            "{name}"
+        );
+        let ca_cert = certificates(&fs::read_to_string(bundle.join("ca-cert.pem")).unwrap());
+        assert_eq!(
+            chain[0].issuer(),
+            ca_cert[0].subject(),
+            "{name}: istiod signed with the plugged-in CA, not a root of its own\n{}",
+            istiod.log()
+        );
+        let out = seeds_verification(&d.join(format!("seed-{i}")), bundle, &agent.out_dir());
+        println!(
+            "{name}: istiod ready in {ready:?}, agent certificate in {:?}\n{out}",
+            started.elapsed()
+        );
+    }
+}
