@@ -361,6 +361,15 @@ impl PilotAgent {
         fs::rename(&tmp, &path).expect("replace token");
     }
 
+    /// Replaces the root bundle it checks its CA's serving certificate with (as the kubelet
+    /// updates the mounted `istio-ca-root-cert` ConfigMap when the mesh's roots change).
+    pub fn set_ca_root(&self, pem: &str) {
+        let path = self.dir.join("var/run/secrets/istio/root-cert.pem");
+        let tmp = path.with_extension("tmp");
+        fs::write(&tmp, pem).expect("write CA root");
+        fs::rename(&tmp, &path).expect("replace CA root");
+    }
+
     /// Where it writes `cert-chain.pem`, `key.pem` and `root-cert.pem`.
     pub fn out_dir(&self) -> PathBuf {
         self.dir.join("out")

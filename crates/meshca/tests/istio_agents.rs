@@ -506,3 +506,239 @@ fn istiod_loads_every_kind_of_bundle_meshca_writes_and_issues_from_it() {
         );
     }
 }
+
+/// A root of ten days rotated at half its life, intermediates of eight days, one-hour workloads,
+/// no propagation allowance: a rotation whose phases a fake clock walks through in hours.
+const ROTATING_POLICY: &str = "apiVersion: trust.meshca/v1alpha1
+kind: RootTrustPolicy
+metadata:
+  name: mesh
+  namespace: gloo-mesh
+spec:
+  config:
+    mgmtServerCa:
+      generated:
+        ttlDays: 10
+    rootRotation:
+      gracePeriodRatio: 0.5
+      propagationMinutes: 0
+    intermediateCertOptions:
+      ttlDays: 8
+      keyType: ecdsa-p256
+      workloadCertTtlHours: 1
+";
+
+/// The DER of each certificate in a PEM file, in order.
+fn ders(path: &Path) -> Vec<Vec<u8>> {
+    certificates(&fs::read_to_string(path).unwrap_or_default())
+        .iter()
+        .map(|c| c.der().to_vec())
+        .collect()
+}
+
+/// Whether an agent's files are from the cluster's bundle as it is now: the chain's CA is
+/// `ca-cert.pem` and its root bundle is `root-cert.pem`.
+fn agent_has(out: &Path, cacerts: &Path) -> bool {
+    let chain = ders(&out.join("cert-chain.pem"));
+    let ca = ders(&cacerts.join("ca-cert.pem"));
+    chain.len() >= 2
+        && ca.len() == 1
+        && chain[1] == ca[0]
+        && ders(&out.join("root-cert.pem")) == ders(&cacerts.join("root-cert.pem"))
+}
+
+/// `openssl verify` of `from`'s leaf, with its intermediate as untrusted, against `to`'s
+/// `root-cert.pem`: what `to`'s Envoy does with `from`'s certificate.
+fn cross_verify(work: &Path, from: &Path, to: &Path) -> String {
+    let blocks = pem_blocks(&fs::read_to_string(from.join("cert-chain.pem")).unwrap());
+    let leaf = work.join("leaf.pem");
+    let untrusted = work.join("untrusted.pem");
+    fs::write(&leaf, &blocks[0]).unwrap();
+    fs::write(&untrusted, &blocks[1]).unwrap();
+    let root = to.join("root-cert.pem");
+    let out = meshca_testkit::openssl(
+        work,
+        [
+            "verify".as_ref(),
+            "-CAfile".as_ref(),
+            root.as_os_str(),
+            "-untrusted".as_ref(),
+            untrusted.as_os_str(),
+            leaf.as_os_str(),
+        ],
+    )
+    .ok();
+    assert!(out.stdout.trim_end().ends_with(": OK"), "{}", out.stdout);
+    out.stdout
+}
+
+#[test]
+fn real_agents_on_meshca_serve_and_istiod_trust_each_other_through_a_root_rotation() {
+    use time::OffsetDateTime;
+    use time::format_description::well_known::Rfc3339;
+
+    let t = scratch();
+    let d = t.path();
+    let cp = ControlPlane::start(&["cluster1", "cluster2"]);
+    install_istio_base(&cp, "cluster2");
+    cp.service_account("cluster1", "foo", "httpbin");
+    cp.service_account("cluster2", "foo", "sleep");
+    for c in ["mgmt", "cluster1", "cluster2"] {
+        fs::create_dir_all(d.join("store").join(c)).unwrap();
+    }
+    fs::write(d.join("policy.yaml"), ROTATING_POLICY).unwrap();
+
+    // The manager's clock starts in the past, so that every phase's time is still behind the
+    // real clock the CA servers check validity with.
+    let clock = d.join("now");
+    let set_clock = |at: OffsetDateTime| {
+        let tmp = d.join("now.tmp");
+        fs::write(&tmp, at.format(&Rfc3339).unwrap()).unwrap();
+        fs::rename(&tmp, &clock).unwrap();
+    };
+    let t0 = OffsetDateTime::now_utc() - time::Duration::days(5) - time::Duration::hours(6);
+    set_clock(t0);
+    let mut run = Command::new(MESHCA);
+    run.args(["trust", "run", "-f", "policy.yaml", "--store", "store"])
+        .args(["--poll", "100ms", "--clock-file"])
+        .arg(&clock)
+        .env("MESHCA_LOG", "info");
+    let manager = Proc::start(d, "trust-run", run);
+    let cacerts = |c: &str| d.join("store").join(c).join("istio-system/cacerts");
+    let start = Instant::now();
+    while !(cacerts("cluster1").join("ca-key.pem").exists()
+        && cacerts("cluster2").join("ca-key.pem").exists())
+    {
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "no cacerts: {}",
+            manager.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let phase = || {
+        let out = run_in(
+            MESHCA,
+            d,
+            [
+                "trust",
+                "status",
+                "-f",
+                "policy.yaml",
+                "--store",
+                "store",
+                "-o",
+                "json",
+            ],
+            &[],
+        )
+        .ok();
+        let v: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
+        v["rotation"]["phase"].as_str().unwrap_or("idle").to_owned()
+    };
+
+    // cluster1's CA is meshca serve, cluster2's is istiod; both sign with what the manager writes.
+    let (serve, serve_addr) = meshca_serve(&cp, "cluster1", d, &cacerts("cluster1"));
+    // Without ISTIO_MULTIROOT_MESH istiod refuses every cacerts whose root-cert.pem differs from
+    // the one it started with ("Multi root is disabled, updating new ROOT-CA not supported") and
+    // goes on signing with the old bundle; with it, it takes a root bundle that adds to or
+    // drops from the one in use, as each phase does.
+    let istiod = Istiod::start(
+        &cp,
+        "cluster2",
+        &d.join("istiod"),
+        Some(&cacerts("cluster2")),
+        &[("ISTIO_MULTIROOT_MESH", "true")],
+    );
+    let root_of = |c: &str| fs::read_to_string(cacerts(c).join("root-cert.pem")).unwrap();
+    let mut httpbin = PilotAgent::start(
+        &d.join("httpbin"),
+        &agent_config(
+            &cp,
+            "cluster1",
+            "httpbin",
+            &serve_addr,
+            root_of("cluster1"),
+            Some("8s"),
+        ),
+    );
+    let mut sleep = PilotAgent::start(
+        &d.join("sleep"),
+        &agent_config(
+            &cp,
+            "cluster2",
+            "sleep",
+            &istiod.ca_addr(),
+            root_of("cluster2"),
+            Some("8s"),
+        ),
+    );
+
+    let work = d.join("verify");
+    fs::create_dir_all(&work).unwrap();
+    let mut at = t0;
+    let mut seen = Vec::new();
+    for (step, want) in [
+        (time::Duration::ZERO, "idle"),
+        (
+            time::Duration::days(5) + time::Duration::hours(1),
+            "1/3 add-root",
+        ),
+        (time::Duration::hours(2), "2/3 reissue"),
+        (time::Duration::hours(2), "idle"),
+    ] {
+        at += step;
+        set_clock(at);
+        let start = Instant::now();
+        while phase() != want {
+            assert!(
+                start.elapsed() < Duration::from_secs(60),
+                "no phase {want}: {}",
+                manager.log()
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        // The store has settled for this phase once a reconcile changes nothing more.
+        std::thread::sleep(Duration::from_millis(500));
+        // The kubelet's part: the mounted root bundle follows the cluster's roots.
+        httpbin.set_ca_root(&root_of("cluster1"));
+        sleep.set_ca_root(&root_of("cluster2"));
+        let (h_out, s_out) = (httpbin.out_dir(), sleep.out_dir());
+        httpbin.wait_for(
+            &format!("httpbin's certificate from cluster1's bundle at {want}"),
+            CERT_WAIT,
+            || agent_has(&h_out, &cacerts("cluster1")),
+        );
+        sleep.wait_for(
+            &format!("sleep's certificate from cluster2's bundle at {want}"),
+            CERT_WAIT,
+            || agent_has(&s_out, &cacerts("cluster2")),
+        );
+        let roots = (
+            ders(&h_out.join("root-cert.pem")).len(),
+            ders(&s_out.join("root-cert.pem")).len(),
+        );
+        let a = cross_verify(&work, &h_out, &s_out);
+        let b = cross_verify(&work, &s_out, &h_out);
+        println!(
+            "phase {want} (after {:?}): roots held {roots:?}; httpbin -> sleep's roots: {}; sleep -> httpbin's roots: {}",
+            start.elapsed(),
+            a.trim(),
+            b.trim()
+        );
+        seen.push((want, roots, ders(&h_out.join("root-cert.pem"))));
+    }
+    // Both roots were trusted in the middle phases, one before and after.
+    assert_eq!(
+        seen.iter().map(|(_, r, _)| *r).collect::<Vec<_>>(),
+        [(1, 1), (2, 2), (2, 2), (1, 1)],
+        "roots held at each phase"
+    );
+    let (old_root, new_root) = (&seen[0].2[0], &seen[3].2[0]);
+    assert_ne!(old_root, new_root, "the root was replaced");
+    assert!(
+        seen[1].2.contains(old_root) && seen[1].2.contains(new_root),
+        "both roots during the rotation"
+    );
+    drop((httpbin, sleep, serve, istiod, manager));
+}
