@@ -302,12 +302,16 @@ pub struct AgentConfig {
     pub trust_domain: String,
     /// `SECRET_TTL`: the lifetime it asks for (it renews at half of it)
     pub secret_ttl: Option<String>,
+    /// Start its status server on this port (`statusPort`), which binds every interface; by
+    /// default it is off ([`agent_loopback_only`])
+    pub status_port: Option<u16>,
 }
 
 /// A real istio-agent (`pilot-agent proxy sidecar`) without Envoy (`DISABLE_ENVOY=true`), in a
 /// folder laid out like a pod's: it asks its CA for a workload certificate, writes
 /// `cert-chain.pem`, `key.pem` and `root-cert.pem` to [`PilotAgent::out_dir`] (`OUTPUT_CERTS`),
-/// and renews them. No status server ([`agent_loopback_only`]). Killed on drop.
+/// and renews them. No status server unless [`AgentConfig::status_port`] asks for one.
+/// Killed on drop.
 pub struct PilotAgent {
     proc: Option<Proc>,
     dir: PathBuf,
@@ -328,16 +332,22 @@ impl PilotAgent {
         };
         agent.set_token(&cfg.token);
         fs::create_dir_all(agent.out_dir()).expect("create OUTPUT_CERTS folder");
-        agent_loopback_only(dir);
+        let proxy_config = match cfg.status_port {
+            None => {
+                agent_loopback_only(dir);
+                format!("{{\"discoveryAddress\": \"{}\"}}", cfg.ca_addr)
+            }
+            Some(port) => format!(
+                "{{\"discoveryAddress\": \"{}\", \"statusPort\": {port}}}",
+                cfg.ca_addr
+            ),
+        };
         let mut cmd = Command::new(pilot_agent_bin());
         cmd.args(["proxy", "sidecar"])
             .current_dir(dir)
             .env("DISABLE_ENVOY", "true")
             .env("CA_ADDR", &cfg.ca_addr)
-            .env(
-                "PROXY_CONFIG",
-                format!("{{\"discoveryAddress\": \"{}\"}}", cfg.ca_addr),
-            )
+            .env("PROXY_CONFIG", proxy_config)
             .env("JWT_POLICY", "third-party-jwt")
             .env("OUTPUT_CERTS", agent.out_dir())
             .env("POD_NAME", format!("{}-0", cfg.service_account))
@@ -388,6 +398,14 @@ impl PilotAgent {
     /// Its log so far.
     pub fn log(&self) -> String {
         fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Panics with its log if it has exited.
+    pub fn assert_running(&mut self) {
+        let proc = self.proc.as_mut().expect("a started agent");
+        if let Some(status) = proc.exited() {
+            panic!("pilot-agent exited ({status})\n{}", proc.log_tail());
+        }
     }
 
     /// Waits until `cond` holds, panicking with its log after `timeout` or if it exits.

@@ -139,6 +139,7 @@ fn agent_config(
         cluster_id: cluster.to_owned(),
         trust_domain: "cluster.local".to_owned(),
         secret_ttl: secret_ttl.map(str::to_owned),
+        status_port: None,
     }
 }
 
