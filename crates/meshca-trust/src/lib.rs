@@ -4,12 +4,14 @@
 //! meshca's own); the secrets live in any [`SecretStore`] of `meshca-store` (folders, memory,
 //! or the Kubernetes store of `meshca-kube`); [`reconcile`] makes each cluster's `cacerts` exist, chain to the policy's CA, and
 //! stay fresh, proving every new intermediate before it is written.
+//! [`dashboard`] renders all of it, with `meshca check`'s findings, as one self-contained page.
 //! [`cfssl`] has an external cfssl signer sign intermediates, so its root key never touches meshca.
 
 #![forbid(unsafe_code)]
 
 pub mod cache;
 pub mod cfssl;
+pub mod dashboard;
 pub mod error;
 pub mod manager;
 pub mod policy;
