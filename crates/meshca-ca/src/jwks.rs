@@ -4,7 +4,6 @@
 //! good keys stay in use; the verifier is rebuilt from every file's keys whenever one changes.
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use meshca_token::{Jwks, TokenError, Verifier};
@@ -94,13 +93,13 @@ impl JwksFiles {
                     f.keys = keys;
                     f.in_use = fingerprint;
                     f.watch.accepted();
-                    metrics.reload_success_count.fetch_add(1, Ordering::Relaxed);
+                    metrics.reload_success_count.inc();
                     changed = true;
                 }
                 Err(e) => {
                     tracing::warn!(issuer = %f.issuer, error = %e, "new JWKS refused; the last good keys stay in use");
                     f.watch.refused(fingerprint);
-                    metrics.reload_failure_count.fetch_add(1, Ordering::Relaxed);
+                    metrics.reload_failure_count.inc();
                 }
             }
         }

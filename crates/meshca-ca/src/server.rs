@@ -5,7 +5,6 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::Duration as StdDuration;
 
 use arc_swap::ArcSwap;
@@ -18,7 +17,7 @@ use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
 use crate::auth::Authenticator;
 use crate::clock::Clock;
 use crate::coalesce::Coalesce;
-use crate::issuer::{CaHandle, IssuancePolicy, LoadedCa};
+use crate::issuer::{CaHandle, IssuancePolicy};
 use crate::jwks::JwksFiles;
 use crate::kube_auth::{KubeAuth, KubeAuthError};
 use crate::metrics::Metrics;
@@ -184,8 +183,8 @@ pub async fn start(config: ServeConfig, clock: Arc<dyn Clock>) -> Result<Running
         }
     };
     let metrics = Arc::new(Metrics::default());
-    record_expiry(&metrics, &loaded);
-    metrics.last_known_good.store(1, Ordering::Relaxed);
+    metrics.record_ca(&loaded);
+    metrics.last_known_good.set(1);
     let ca: CaHandle = Arc::new(ArcSwap::from_pointee(loaded));
 
     let jwks = if config.jwt_issuers.is_empty() {
@@ -254,6 +253,7 @@ pub async fn start(config: ServeConfig, clock: Arc<dyn Clock>) -> Result<Running
             now,
         )?)
     };
+    record_serving(&metrics, tls.as_deref());
     background.push(tokio::spawn(keep_current(
         config.clone(),
         ca.clone(),
@@ -362,14 +362,12 @@ async fn accept_tls(
     }
 }
 
-fn record_expiry(metrics: &Metrics, ca: &LoadedCa) {
-    let path = ca.bundle().path();
-    metrics
-        .root_cert_expiry_timestamp
-        .store(path.root().not_after().unix_timestamp(), Ordering::Relaxed);
-    metrics
-        .cert_chain_expiry_timestamp
-        .store(path.not_after().unix_timestamp(), Ordering::Relaxed);
+fn record_serving(metrics: &Metrics, tls: Option<&DynamicTls>) {
+    if let Some(tls) = tls {
+        metrics
+            .serving_cert_expiry_timestamp
+            .set(tls.serving_not_after().unix_timestamp());
+    }
 }
 
 /// Watches the CA source and the serving certificate, swapping in what is new and valid.
@@ -407,8 +405,8 @@ async fn keep_current(
                     Ok(new) => Some(new),
                     Err(e) => {
                         tracing::warn!(error = %e, "new CA bundle refused; the last good CA keeps signing");
-                        metrics.reload_failure_count.fetch_add(1, Ordering::Relaxed);
-                        metrics.last_known_good.store(0, Ordering::Relaxed);
+                        metrics.reload_failure_count.inc();
+                        metrics.last_known_good.set(0);
                         watch.refused(fp);
                         None
                     }
@@ -429,14 +427,14 @@ async fn keep_current(
                 && let Err(e) = tls.update(&new, now)
             {
                 tracing::warn!(error = %e, "serving certificate not renewed; keeping the old CA");
-                metrics.reload_failure_count.fetch_add(1, Ordering::Relaxed);
+                metrics.reload_failure_count.inc();
                 continue;
             }
-            record_expiry(&metrics, &new);
+            metrics.record_ca(&new);
             ca.store(Arc::new(new));
             watch.accepted();
-            metrics.reload_success_count.fetch_add(1, Ordering::Relaxed);
-            metrics.last_known_good.store(1, Ordering::Relaxed);
+            metrics.reload_success_count.inc();
+            metrics.last_known_good.set(1);
             tracing::info!("CA bundle reloaded");
         } else if let Some(tls) = &tls
             && tls.serving_due(now)
@@ -444,6 +442,7 @@ async fn keep_current(
         {
             tracing::warn!(error = %e, "serving certificate renewal failed");
         }
+        record_serving(&metrics, tls.as_deref());
     }
 }
 

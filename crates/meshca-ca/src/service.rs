@@ -2,7 +2,6 @@
 //! types here, and domain errors become status codes without internals.
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use meshca_pki::CertificateRequest;
@@ -31,7 +30,7 @@ impl IstioCertificateService for CaService {
         request: Request<IstioCertificateRequest>,
     ) -> Result<Response<IstioCertificateResponse>, Status> {
         let started = Instant::now();
-        self.metrics.csr_count.fetch_add(1, Ordering::Relaxed);
+        self.metrics.csr_count.inc();
         let now = self.clock.now();
         let peer: Option<Vec<Vec<u8>>> = request
             .peer_certs()
@@ -47,9 +46,7 @@ impl IstioCertificateService for CaService {
         let identity = match self.auth.authenticate(&creds, now).await {
             Ok(id) => id,
             Err(e) => {
-                self.metrics
-                    .authentication_failure_count
-                    .fetch_add(1, Ordering::Relaxed);
+                self.metrics.authentication_failure_count.inc();
                 tracing::info!(reason = %e, "authentication failed");
                 return Err(Status::unauthenticated(format!(
                     "request authenticate failure: {e}"
@@ -60,9 +57,7 @@ impl IstioCertificateService for CaService {
         let csr = match CertificateRequest::from_pem(msg.csr.as_bytes(), "CSR") {
             Ok(c) => c,
             Err(e) => {
-                self.metrics
-                    .csr_parsing_err_count
-                    .fetch_add(1, Ordering::Relaxed);
+                self.metrics.csr_parsing_err_count.inc();
                 return Err(Status::invalid_argument(e.to_string()));
             }
         };
@@ -101,9 +96,7 @@ impl IstioCertificateService for CaService {
                     Status::internal("certificate signing failed")
                 }
             })?;
-        self.metrics
-            .success_cert_issuance_count
-            .fetch_add(1, Ordering::Relaxed);
+        self.metrics.success_cert_issuance_count.inc();
         self.metrics.observe_issuance(started.elapsed());
         tracing::debug!(identity = %identity, "issued");
         Ok(Response::new(IstioCertificateResponse {

@@ -72,6 +72,11 @@ impl DynamicTls {
         Ok(())
     }
 
+    /// When the serving certificate in use expires.
+    pub fn serving_not_after(&self) -> OffsetDateTime {
+        self.serving_window.load().1
+    }
+
     /// Whether the serving certificate is past half its life.
     pub fn serving_due(&self, now: OffsetDateTime) -> bool {
         let w = self.serving_window.load();
