@@ -14,6 +14,7 @@ pub mod cfssl;
 pub mod dashboard;
 pub mod error;
 pub mod manager;
+pub mod metrics;
 pub mod policy;
 pub mod reconcile;
 pub mod rotation;

@@ -225,6 +225,8 @@ pub enum Event<'a> {
         /// The bundles the manager has loaded and verified, for a listener that looks at the
         /// clusters again (their status) without verifying them again.
         bundles: &'a BundleCache,
+        /// How long the reconcile took (wall time).
+        took: std::time::Duration,
     },
     /// A policy's reconcile stopped before writing anything.
     Failed {
@@ -234,6 +236,8 @@ pub enum Event<'a> {
         at: OffsetDateTime,
         /// Why.
         error: &'a TrustError,
+        /// How long it ran before it stopped (wall time).
+        took: std::time::Duration,
     },
     /// A policy is new or changed, and loaded. Not told for the policies found at start.
     Loaded(&'a Sourced),
@@ -447,6 +451,7 @@ impl<'a> Manager<'a> {
             let Some(policy) = &sourced.policy else {
                 continue;
             };
+            let started = std::time::Instant::now();
             let result = scope.and_then(|scope| {
                 if !scope.disputed.is_empty() {
                     on_event(&Event::Conflict {
@@ -486,11 +491,13 @@ impl<'a> Manager<'a> {
                     report,
                     next,
                     bundles: &self.cache,
+                    took: started.elapsed(),
                 }),
                 Err(error) => on_event(&Event::Failed {
                     policy: sourced,
                     at,
                     error,
+                    took: started.elapsed(),
                 }),
             }
         }

@@ -195,6 +195,10 @@ pub struct RunArgs {
     /// a drill can move time through a rotation's phases.
     #[arg(long, value_name = "FILE")]
     clock_file: Option<PathBuf>,
+    /// Serve Prometheus metrics at http://ADDR/metrics (expiry of every root and intermediate,
+    /// the rotation phase, reconcile outcomes and durations, store errors).
+    #[arg(long, value_name = "ADDR")]
+    metrics_addr: Option<std::net::SocketAddr>,
 }
 
 #[derive(clap::Args)]
@@ -575,6 +579,7 @@ fn run_loop(r: &RunArgs) -> anyhow::Result<ExitCode> {
         );
     }
     let file = r.policy.as_deref().map(PolicyFile::open).transpose()?;
+    let metrics = r.metrics_addr.map(serve_metrics).transpose()?;
     let identity = r.lease_identity.clone().unwrap_or_else(|| {
         let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
             .map(|h| h.trim().to_owned())
@@ -627,6 +632,9 @@ fn run_loop(r: &RunArgs) -> anyhow::Result<ExitCode> {
         }
         _ => None,
     };
+    if let Some(m) = &metrics {
+        m.set_leader(true);
+    }
     // A leader that cannot renew in time stops: its store refuses writes from that moment, and
     // the process ends so that it campaigns afresh (as client-go's leaders do).
     let lost = std::sync::Arc::new(AtomicBool::new(false));
@@ -678,6 +686,9 @@ fn run_loop(r: &RunArgs) -> anyhow::Result<ExitCode> {
     let mut watched = std::collections::BTreeSet::new();
     manager.run(&stop, &mut |e| {
         let printed = print_event(e, from_file);
+        if let Some(m) = &metrics {
+            m.record(e, target, &mgmt);
+        }
         if let Store::Kube(k) = &store {
             if let Event::Reconciled { policy, .. } | Event::Loaded(policy) = e
                 && let Some(p) = &policy.policy
@@ -718,6 +729,26 @@ fn run_loop(r: &RunArgs) -> anyhow::Result<ExitCode> {
         Some(e) => Err(e),
         None => stopped(),
     }
+}
+
+/// Serves the manager's metrics at `addr` (`/metrics`) from a thread of their own, and says
+/// where on stdout.
+fn serve_metrics(
+    addr: std::net::SocketAddr,
+) -> anyhow::Result<std::sync::Arc<meshca_trust::metrics::TrustMetrics>> {
+    let listener = std::net::TcpListener::bind(addr)
+        .map_err(|e| anyhow::anyhow!("--metrics-addr {addr}: cannot listen: {e}"))?;
+    let bound = listener.local_addr()?;
+    let metrics = std::sync::Arc::new(meshca_trust::metrics::TrustMetrics::new());
+    let m = std::sync::Arc::clone(&metrics);
+    let site = move |path: &str| match path {
+        "/metrics" => Some(meshca_http::Page::metrics(m.render())),
+        _ => None,
+    };
+    meshca_http::spawn(listener, std::sync::Arc::new(site), Default::default())?;
+    println!("metrics on {bound}");
+    stdout_flush();
+    Ok(metrics)
 }
 
 /// Sets `stop` on SIGINT or SIGTERM.
