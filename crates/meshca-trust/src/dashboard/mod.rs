@@ -44,6 +44,8 @@ pub struct DashboardData {
     pub last_rotation_finished: Option<String>,
     /// `meshca check` over every cluster's `cacerts`.
     pub checks: CheckReport,
+    /// The thresholds the checks ran with.
+    pub check_options: CheckOptions,
 }
 
 /// A root certificate and the part it plays.
@@ -255,7 +257,8 @@ pub fn gather(
             certs.iter().for_each(&mut add_root);
         }
     }
-    let checks = meshca_verify::check::check(&sources, &CheckOptions::default(), now);
+    let check_options = check_options(policy);
+    let checks = meshca_verify::check::check(&sources, &check_options, now);
     Ok(DashboardData {
         policy: format!("{}/{}", policy.namespace, policy.name),
         mgmt: mgmt.to_owned(),
@@ -264,5 +267,36 @@ pub fn gather(
         rotation,
         last_rotation_finished: rotation::last_finished(store, policy, mgmt)?,
         checks,
+        check_options,
     })
+}
+
+/// `meshca check`'s thresholds for the bundles a policy keeps: warn once an intermediate has
+/// fewer days left than the policy's renewal window (the manager should have renewed it by
+/// then), at most `meshca check`'s own 60 days; fail once expired. The default 60 days would
+/// warn about every healthy 30-day intermediate.
+pub fn check_options(policy: &TrustPolicy) -> CheckOptions {
+    let defaults = CheckOptions::default();
+    let window = (policy.ttl_days as f64 * policy.grace_ratio).floor();
+    CheckOptions {
+        warn_days: (window.max(0.0) as u32).min(defaults.warn_days),
+        fail_days: defaults.fail_days,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn checks_warn_from_the_policys_renewal_window() {
+        let p = |yaml: &str| TrustPolicy::from_yaml(yaml, "p").unwrap();
+        // 30-day intermediates renewed at 10% left: warn under 3 days, not under 60.
+        let generated = p(meshca_testkit::GENERATED_ROOT_POLICY);
+        assert_eq!(check_options(&generated).warn_days, 3);
+        assert_eq!(check_options(&generated).fail_days, 0);
+        // Gloo's default year at 10%: 36 days; one day at 10%: only an expired one fails.
+        let seed = p(meshca_testkit::SEED_001_POLICY);
+        assert_eq!(check_options(&seed).warn_days, 0);
+    }
 }

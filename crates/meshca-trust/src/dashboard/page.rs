@@ -22,6 +22,7 @@ pub fn render(data: &DashboardData, now: OffsetDateTime) -> String {
         r#"<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1">
+<link rel="icon" href="data:,">
 <title>meshca trust · {policy}</title>
 <style>{CSS}</style></head>
 <body><header><div><h1>Trust dashboard</h1>
@@ -251,7 +252,7 @@ fn clusters_section(s: &mut String, data: &DashboardData) {
             .collect();
         let _ = write!(
             s,
-            r#"<tr class="{}"><td><b>{}</b></td><td class="mono" title="{}">{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>"#,
+            r#"<tr class="{}"><td><b>{}</b></td><td class="mono" title="{}">{}</td><td class="nowrap">{}</td><td class="nowrap">{}</td><td>{}</td><td>{}</td><td>{}</td></tr>"#,
             if st.problems.is_empty() { "ok" } else { "fail" },
             esc(&st.cluster),
             esc(st.serial.as_deref().unwrap_or("")),
@@ -274,11 +275,13 @@ fn checks_section(s: &mut String, data: &DashboardData) {
     let r = &data.checks;
     let _ = write!(
         s,
-        r#"<section id="checks"><h2>meshca check</h2><p class="summary"><span class="count ok">✔ {}</span><span class="count warn">⚠ {}</span><span class="count fail">✘ {}</span> {}</p>"#,
+        r#"<section id="checks"><h2>meshca check</h2><p class="summary"><span class="count ok">✔ {}</span><span class="count warn">⚠ {}</span><span class="count fail">✘ {}</span> {}</p><p class="hint">Every cluster's <code>cacerts</code>, checked as <code>meshca check --warn-days {} --fail-days {}</code> would (warnings from the policy's renewal window).</p>"#,
         r.count(Level::Pass),
         r.count(Level::Warn),
         r.count(Level::Fail),
-        esc(&r.summary())
+        esc(&r.summary()),
+        data.check_options.warn_days,
+        data.check_options.fail_days,
     );
     let sections = r
         .bundles
@@ -400,6 +403,8 @@ h2{margin:0 0 8px;font-size:17px}
 .steps li.current{border-color:var(--accent);background:#eef2ff;color:var(--ink)}
 .steps li.current .dot{background:var(--accent);color:#fff}
 .steps small{color:var(--muted)}
+table.history{width:auto;min-width:60%}
+.history td:first-child{padding-right:32px}
 table{border-collapse:collapse;width:100%}
 th{text-align:left;font-size:12px;text-transform:uppercase;letter-spacing:.04em;color:var(--muted);border-bottom:1px solid var(--line);padding:6px 8px}
 td{border-bottom:1px solid var(--line);padding:6px 8px;vertical-align:top}
@@ -408,18 +413,19 @@ tr.fail td:first-child{box-shadow:inset 3px 0 var(--fail)}
 .chip{display:inline-block;color:#fff;border-radius:999px;padding:0 8px;margin:0 4px 2px 0;font-size:12px;font-weight:600}
 .swatch{display:inline-block;width:10px;height:10px;border-radius:50%;margin:0 4px}
 .okmark{color:var(--ok)}
+.nowrap{white-space:nowrap}
 .scroll{overflow-x:auto}
 svg text{font-family:system-ui,-apple-system,"Segoe UI",Roboto,Arial,sans-serif;fill:var(--ink)}
 svg .colhead{font-size:12px;font-weight:700;fill:var(--muted);text-transform:uppercase;letter-spacing:.05em}
-svg .node rect{fill:#fff;stroke-width:2}
+svg .node rect.box{fill:#fff;stroke-width:2}
 svg .node .title{font-size:14px;font-weight:700}
 svg .node .sub{font-size:12px;fill:var(--muted)}
 svg .mono{font-family:ui-monospace,Menlo,Consolas,monospace;font-size:11px;fill:var(--muted)}
-svg .node.cluster.ok>rect{stroke:#16a34a}
-svg .node.cluster.fail>rect{stroke:var(--fail);fill:#fff7f7}
+svg .node.cluster.ok rect.box{stroke:#16a34a}
+svg .node.cluster.fail rect.box{stroke:var(--fail);fill:#fff7f7}
 svg .node.cluster .status{fill:var(--ink)}
 svg .node.cluster.fail .status{fill:var(--fail);font-weight:600}
-svg .node.int.missing rect{stroke:var(--fail);stroke-dasharray:6 4;fill:#fff7f7}
+svg .node.int.missing rect.box{stroke:var(--fail);stroke-dasharray:6 4;fill:#fff7f7}
 svg .node.int.missing .title{fill:var(--fail)}
 svg .tag{stroke:none}
 svg rect.tag.current{fill:#dbeafe}svg rect.tag.new{fill:var(--okbg)}svg rect.tag.old{fill:#f1f5f9}svg rect.tag.passive,svg rect.tag.unknown{fill:var(--warnbg)}
@@ -434,12 +440,12 @@ svg .rowlabel{font-size:13px;text-anchor:end}
 svg .rowlabel.rootrow{fill:var(--muted)}
 svg .barend{font-size:11px;fill:var(--muted)}
 svg .barend.inside{text-anchor:end;fill:#fff;font-weight:600}
+svg .barend.inside.pale{fill:var(--ink)}
 svg .renew{fill:#fff;stroke:var(--ink);stroke-width:2}
 svg .today{stroke:#dc2626;stroke-width:2}
-svg .todaytag{fill:#dc2626}
-svg .todaytext{fill:#fff;font-size:11px;font-weight:700;text-anchor:middle}
+svg .todaytext{fill:#dc2626;font-size:12px;font-weight:700}
 svg .mark{stroke:var(--accent);stroke-width:1.5;stroke-dasharray:5 4}
-svg .marktext{font-size:11px;fill:var(--accent);text-anchor:middle}
+svg .marktext{font-size:12px;fill:var(--accent);font-weight:600}
 .summary{display:flex;gap:8px;align-items:center;flex-wrap:wrap}
 .count{padding:2px 10px;border-radius:999px;font-weight:700}
 .count.ok,.bundle.ok>summary .mark{background:var(--okbg);color:var(--ok)}
@@ -459,7 +465,7 @@ footer{color:var(--muted);text-align:center;font-size:12px;padding:8px 0 24px}
 
 #[cfg(test)]
 mod tests {
-    use meshca_verify::check::{BundleReport, CheckName, CheckReport};
+    use meshca_verify::check::{BundleReport, CheckName, CheckOptions, CheckReport};
     use time::Duration;
 
     use super::*;
@@ -534,6 +540,7 @@ mod tests {
             rotation: None,
             last_rotation_finished: None,
             checks: checks(&[("cluster1", Level::Pass), ("cluster2", Level::Pass)]),
+            check_options: CheckOptions::default(),
         }
     }
 
@@ -590,8 +597,10 @@ mod tests {
         // The renewal point of each intermediate.
         assert_eq!(page.matches(r#"class="renew""#).count(), 2);
         assert!(page.starts_with("<!DOCTYPE html>"));
-        // Nothing leaves the page.
-        for outside in ["http://", "https://", "<script", "<link", "src=", "url("] {
+        // Nothing leaves the page (the empty icon keeps browsers from asking for one).
+        assert_eq!(page.matches("href=").count(), 1);
+        assert!(page.contains(r#"<link rel="icon" href="data:,">"#));
+        for outside in ["http://", "https://", "<script", "src=", "url(", "@import"] {
             assert!(!page.contains(outside), "{outside}");
         }
     }

@@ -81,7 +81,7 @@ pub(super) fn trust_graph(data: &DashboardData) -> String {
         let colour = root_colour(data, &r.fingerprint);
         let _ = write!(
             s,
-            r#"<g class="node root"><title>{subject}&#10;SHA-256 {fp}&#10;valid {nb} to {na}</title><rect x="{x}" y="{y}" width="{COL_W}" height="{NODE}" rx="8" stroke="{colour}"/><rect x="{x}" y="{y}" width="7" height="{NODE}" rx="3" fill="{colour}" stroke="none"/>"#,
+            r#"<g class="node root"><title>{subject}&#10;SHA-256 {fp}&#10;valid {nb} to {na}</title><rect x="{x}" y="{y}" width="{COL_W}" height="{NODE}" rx="8" class="box" style="stroke:{colour}"/><rect x="{x}" y="{y}" width="7" height="{NODE}" rx="3" style="fill:{colour}"/>"#,
             subject = esc(&r.subject),
             fp = esc(&r.fingerprint),
             nb = day(r.not_before),
@@ -113,7 +113,7 @@ pub(super) fn trust_graph(data: &DashboardData) -> String {
             Some(int) => {
                 let _ = write!(
                     s,
-                    r#"<g class="node int"><title>{subject}&#10;serial {serial}&#10;valid {nb} to {na}&#10;renews {renew}</title><rect x="{INT_X}" y="{y}" width="{COL_W}" height="{NODE}" rx="8" stroke="{colour}"/><text x="{tx}" y="{}" class="title">{cn}</text><text x="{tx}" y="{}" class="sub">until {na} · renews {renew}</text><text x="{tx}" y="{}" class="mono">serial {short_serial}</text></g>"#,
+                    r#"<g class="node int"><title>{subject}&#10;serial {serial}&#10;valid {nb} to {na}&#10;renews {renew}</title><rect x="{INT_X}" y="{y}" width="{COL_W}" height="{NODE}" rx="8" class="box" style="stroke:{colour}"/><text x="{tx}" y="{}" class="title">{cn}</text><text x="{tx}" y="{}" class="sub">until {na} · renews {renew}</text><text x="{tx}" y="{}" class="mono">serial {short_serial}</text></g>"#,
                     y + 22.0,
                     y + 42.0,
                     y + 62.0,
@@ -131,7 +131,7 @@ pub(super) fn trust_graph(data: &DashboardData) -> String {
             None => {
                 let _ = write!(
                     s,
-                    r#"<g class="node int missing"><rect x="{INT_X}" y="{y}" width="{COL_W}" height="{NODE}" rx="8"/><text x="{}" y="{}" class="title">no valid cacerts</text><text x="{}" y="{}" class="sub">see the problems below</text></g>"#,
+                    r#"<g class="node int missing"><rect x="{INT_X}" y="{y}" width="{COL_W}" height="{NODE}" rx="8" class="box"/><text x="{}" y="{}" class="title">no valid cacerts</text><text x="{}" y="{}" class="sub">see the problems below</text></g>"#,
                     INT_X + 12.0,
                     y + 30.0,
                     INT_X + 12.0,
@@ -146,7 +146,7 @@ pub(super) fn trust_graph(data: &DashboardData) -> String {
         };
         let _ = write!(
             s,
-            r#"<g class="node cluster {state}"><title>{name}&#10;{detail}</title><rect x="{CLUSTER_X}" y="{y}" width="{COL_W}" height="{NODE}" rx="8"/><text x="{tx}" y="{}" class="title">{short_name}</text>"#,
+            r#"<g class="node cluster {state}"><title>{name}&#10;{detail}</title><rect x="{CLUSTER_X}" y="{y}" width="{COL_W}" height="{NODE}" rx="8" class="box"/><text x="{tx}" y="{}" class="title">{short_name}</text>"#,
             y + 22.0,
             name = esc(&c.status.cluster),
             detail = esc(&if c.status.problems.is_empty() {
@@ -170,10 +170,10 @@ pub(super) fn trust_graph(data: &DashboardData) -> String {
                 .iter()
                 .find(|r| &r.fingerprint == fp)
                 .map_or("?", |r| r.role.label());
-            let w = label.len() as f64 * 7.0 + 20.0;
+            let w = label.len() as f64 * 7.5 + 26.0;
             let _ = write!(
                 s,
-                r#"<g class="chip"><title>trusts root {}</title><rect x="{cx}" y="{}" width="{w}" height="18" rx="9" fill="{colour}"/><circle cx="{}" cy="{}" r="3.5" fill="white"/><text x="{}" y="{}">{label}</text></g>"#,
+                r#"<g class="chip"><title>trusts root {}</title><rect x="{cx}" y="{}" width="{w}" height="18" rx="9" style="fill:{colour}"/><circle cx="{}" cy="{}" r="3.5" fill="white"/><text x="{}" y="{}">{label}</text></g>"#,
                 esc(fp),
                 y + 31.0,
                 cx + 9.0,
@@ -222,7 +222,7 @@ const LABEL_W: f64 = 230.0;
 const PLOT_X0: f64 = 240.0;
 const PLOT_X1: f64 = 944.0;
 const TL_ROW: f64 = 30.0;
-const TL_TOP: f64 = 40.0;
+const LANE: f64 = 16.0;
 
 /// One bar of the timeline.
 struct Bar {
@@ -243,7 +243,7 @@ pub(super) fn timeline(data: &DashboardData, now: OffsetDateTime) -> String {
         .roots
         .iter()
         .map(|r| Bar {
-            label: format!("root {} ({})", common_name(&r.subject), r.role.label()),
+            label: format!("{} · {} root", common_name(&r.subject), r.role.label()),
             detail: format!(
                 "{}: valid {} to {}",
                 r.subject,
@@ -291,26 +291,39 @@ pub(super) fn timeline(data: &DashboardData, now: OffsetDateTime) -> String {
         let t = t.clamp(start, end);
         PLOT_X0 + (t - start).as_seconds_f64() / span * (PLOT_X1 - PLOT_X0)
     };
-    let height = TL_TOP + bars.len().max(1) as f64 * TL_ROW + 26.0;
-    let bottom = height - 20.0;
+    // Today and each rotation time get a lane of their own above the bars, so that their
+    // labels never overlap however close the times are.
+    let flags: Vec<(OffsetDateTime, String, &str)> =
+        std::iter::once((now, format!("today {}", day(now)), "today"))
+            .chain(
+                marks
+                    .iter()
+                    .map(|(t, what)| (*t, format!("{what} {}", day(*t)), "mark")),
+            )
+            .collect();
+    let top = 8.0 + flags.len() as f64 * LANE + 6.0;
+    let bottom = top + bars.len().max(1) as f64 * TL_ROW;
+    let height = bottom + 24.0;
     let mut s = String::new();
     let _ = write!(
         s,
         r#"<svg class="timeline" viewBox="0 0 {WIDTH} {height}" width="{WIDTH}" height="{height}" role="img" aria-label="expiry timeline">"#
     );
-    // Grid and dates.
-    for t in ticks(start, end) {
+    // A date too close to the right edge would be cut off.
+    for t in ticks(start, end)
+        .into_iter()
+        .filter(|t| x(*t) < WIDTH - 40.0)
+    {
         let tx = x(t);
         let _ = write!(
             s,
-            r#"<line x1="{tx}" y1="{}" x2="{tx}" y2="{bottom}" class="grid"/><text x="{tx}" y="{}" class="tick">{}</text>"#,
-            TL_TOP - 8.0,
-            TL_TOP - 14.0,
+            r#"<line x1="{tx}" y1="{top}" x2="{tx}" y2="{bottom}" class="grid"/><text x="{tx}" y="{}" class="tick">{}</text>"#,
+            bottom + 16.0,
             day(t)
         );
     }
     for (i, b) in bars.iter().enumerate() {
-        let y = TL_TOP + i as f64 * TL_ROW;
+        let y = top + i as f64 * TL_ROW;
         let (x1, x2) = (x(b.from), x(b.to));
         let _ = write!(
             s,
@@ -322,12 +335,12 @@ pub(super) fn timeline(data: &DashboardData, now: OffsetDateTime) -> String {
         );
         let _ = write!(
             s,
-            r#"<g class="bar"><title>{}</title><rect x="{x1}" y="{}" width="{}" height="16" rx="4" fill="{}" fill-opacity="{}"/>"#,
+            r#"<g class="bar"><title>{}</title><rect x="{x1}" y="{}" width="{}" height="16" rx="4" style="fill:{}" fill-opacity="{}"/>"#,
             esc(&b.detail),
             y + 6.0,
             (x2 - x1).max(2.0),
             b.colour,
-            if b.root { "0.35" } else { "0.85" }
+            if b.root { "0.3" } else { "0.85" }
         );
         let end_label = if b.to > end {
             format!("until {} ▸", day(b.to))
@@ -335,58 +348,49 @@ pub(super) fn timeline(data: &DashboardData, now: OffsetDateTime) -> String {
             day(b.to)
         };
         // The end date goes after the bar when it fits, else inside its end.
-        if x2 + 96.0 < PLOT_X1 {
-            let _ = write!(
-                s,
-                r#"<text x="{}" y="{}" class="barend">{}</text>"#,
-                x2 + 6.0,
-                y + 18.5,
-                esc(&end_label)
-            );
+        let (lx, class) = if x2 + 80.0 < WIDTH {
+            (x2 + 6.0, "barend")
+        } else if b.root {
+            (x2 - 6.0, "barend inside pale")
         } else {
-            let _ = write!(
-                s,
-                r#"<text x="{}" y="{}" class="barend inside">{}</text>"#,
-                x2 - 6.0,
-                y + 18.5,
-                esc(&end_label)
-            );
-        }
+            (x2 - 6.0, "barend inside")
+        };
+        let _ = write!(
+            s,
+            r#"<text x="{lx}" y="{}" class="{class}">{}</text>"#,
+            y + 18.5,
+            esc(&end_label)
+        );
         if let Some(r) = b.renew {
             let (rx, ry) = (x(r), y + 14.0);
             let _ = write!(
                 s,
                 r#"<polygon points="{rx},{} {},{ry} {rx},{} {},{ry}" class="renew"><title>renews {}</title></polygon>"#,
-                ry - 8.0,
-                rx + 8.0,
-                ry + 8.0,
-                rx - 8.0,
+                ry - 7.0,
+                rx + 7.0,
+                ry + 7.0,
+                rx - 7.0,
                 day(r)
             );
         }
         s.push_str("</g>");
     }
-    for (t, what) in &marks {
+    for (k, (t, label, class)) in flags.iter().enumerate() {
         let tx = x(*t);
+        let ly = 8.0 + k as f64 * LANE + 11.0;
+        // A flag to the right of its line, or to the left near the right edge.
+        let (lx, anchor) = if tx + 180.0 < WIDTH {
+            (tx + 5.0, "start")
+        } else {
+            (tx - 5.0, "end")
+        };
         let _ = write!(
             s,
-            r#"<line x1="{tx}" y1="{}" x2="{tx}" y2="{bottom}" class="mark"/><text x="{tx}" y="{}" class="marktext">{} {}</text>"#,
-            TL_TOP - 6.0,
-            bottom + 14.0,
-            esc(what),
-            day(*t)
+            r#"<line x1="{tx}" y1="{}" x2="{tx}" y2="{bottom}" class="{class}"/><text x="{lx}" y="{ly}" class="{class}text" text-anchor="{anchor}">{}</text>"#,
+            ly - 11.0,
+            esc(label)
         );
     }
-    let nx = x(now);
-    let _ = write!(
-        s,
-        r#"<line x1="{nx}" y1="{}" x2="{nx}" y2="{bottom}" class="today"/><rect x="{}" y="{}" width="92" height="18" rx="9" class="todaytag"/><text x="{nx}" y="{}" class="todaytext">today {}</text>"#,
-        TL_TOP - 6.0,
-        nx - 46.0,
-        bottom - 2.0,
-        bottom + 11.0,
-        day(now)
-    );
     s.push_str("</svg>");
     s
 }
@@ -417,7 +421,8 @@ fn window(
     let hi = times.iter().max().copied().unwrap_or(now);
     let span = (hi - lo).max(Duration::days(1));
     let margin = span / 25;
-    (lo - margin, hi + margin + span / 10)
+    // On the right, room for the last end date after its bar.
+    (lo - margin, hi + span / 6)
 }
 
 /// Dates for the grid: about eight, on a step people count in.
