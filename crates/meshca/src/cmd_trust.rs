@@ -29,6 +29,9 @@ pub enum Command {
     RotateRoot(RotateRootArgs),
     /// Per cluster: intermediate serial, expiry, next renewal, rotation phase, problems.
     Status(StatusArgs),
+    /// Write the trust dashboard: one self-contained HTML file of the trust graph, the expiry
+    /// timeline, the rotation phase and the check findings.
+    Dashboard(DashboardArgs),
     /// Run the manager on a simulated clock with simulated workloads and count broken moments.
     Simulate(SimulateArgs),
     /// Print the RootTrustPolicy CustomResourceDefinitions (Gloo's and meshca's API groups).
@@ -224,6 +227,15 @@ pub struct StatusArgs {
 }
 
 #[derive(clap::Args)]
+pub struct DashboardArgs {
+    #[command(flatten)]
+    common: Common,
+    /// The HTML file to write.
+    #[arg(short = 'o', long = "output", default_value = "meshca-dashboard.html")]
+    output: PathBuf,
+}
+
+#[derive(clap::Args)]
 pub struct SimulateArgs {
     /// The RootTrustPolicy YAML.
     #[arg(long)]
@@ -291,6 +303,7 @@ pub fn run(cmd: Command) -> anyhow::Result<ExitCode> {
         }
         Command::RotateRoot(a) => rotate_root(&a, now, &mut out),
         Command::Status(s) => status(&s, now, &mut out),
+        Command::Dashboard(d) => dashboard(&d, now, &mut out),
         Command::Simulate(s) => simulate_cmd(&s, now, &mut out),
         Command::Crds(c) => crds(&c, &mut out),
         Command::Run(r) => {
@@ -485,6 +498,37 @@ fn status(s: &StatusArgs, now: OffsetDateTime, out: &mut impl Write) -> anyhow::
     } else {
         ExitCode::FAILURE
     })
+}
+
+/// `trust dashboard`: what `status` and `meshca check` say, written as one HTML file.
+fn dashboard(
+    d: &DashboardArgs,
+    now: OffsetDateTime,
+    out: &mut impl Write,
+) -> anyhow::Result<ExitCode> {
+    let (policy, store) = load(&d.common)?;
+    let data = meshca_trust::dashboard::gather(
+        &meshca_trust::BundleCache::new(),
+        store.as_dyn(),
+        &policy,
+        &d.common.store.mgmt_cluster,
+        &d.common.store.only(),
+        now,
+    )?;
+    let page = meshca_trust::dashboard::render(&data, now);
+    std::fs::write(&d.output, page)
+        .map_err(|e| anyhow::anyhow!("{}: cannot write: {e}", d.output.display()))?;
+    writeln!(
+        out,
+        "wrote {} ({} clusters, {})",
+        d.output.display(),
+        data.clusters.len(),
+        data.rotation.as_ref().map_or_else(
+            || "no root rotation in progress".to_owned(),
+            |r| format!("root rotation phase {}", r.phase.label())
+        )
+    )?;
+    Ok(ExitCode::SUCCESS)
 }
 
 fn simulate_cmd(
