@@ -300,16 +300,75 @@ pub fn write_files(dir: &Path, issued: &Issued) -> Result<(), AgentError> {
     Ok(())
 }
 
+/// How often [`read_pair`] reads the files again when it finds a certificate and a key of two
+/// different renewals, and how long it waits between tries.
+const PAIR_TRIES: u32 = 20;
+const PAIR_PAUSE: std::time::Duration = std::time::Duration::from_millis(5);
+
+/// A workload's files as one renewal wrote them.
+#[derive(Debug)]
+pub struct Pair {
+    /// `cert-chain.pem`, leaf first.
+    pub chain: Vec<Certificate>,
+    /// `cert-chain.pem` as written.
+    pub chain_pem: String,
+    /// `key.pem`: the private key of the chain's leaf.
+    pub key: PrivateKey,
+    /// `key.pem` as written.
+    pub key_pem: String,
+}
+
+/// Reads `cert-chain.pem` and `key.pem` of `dir` as one pair. Each file is replaced atomically,
+/// but a renewal replaces them one after the other, so a reader that comes in between sees a
+/// certificate of one renewal and the key of another: the pair is then read again, a few times
+/// over about 100 ms, before the mismatch is an error.
+pub fn read_pair(dir: &Path) -> Result<Pair, AgentError> {
+    let read = |f: &str| {
+        std::fs::read_to_string(dir.join(f)).map_err(|e| {
+            AgentError::Credential(format!("{}: cannot read: {e}", dir.join(f).display()))
+        })
+    };
+    let mut tries = 0;
+    loop {
+        let chain_pem = read(CERT_CHAIN)?;
+        let key_pem = read(KEY)?;
+        let chain = Certificate::all_from_pem(
+            chain_pem.as_bytes(),
+            &dir.join(CERT_CHAIN).display().to_string(),
+        )?;
+        let key = PrivateKey::from_pem(key_pem.as_bytes(), &dir.join(KEY).display().to_string())?;
+        let Some(leaf) = chain.first() else {
+            return Err(AgentError::Credential(format!(
+                "{}: no certificate",
+                dir.join(CERT_CHAIN).display()
+            )));
+        };
+        if leaf.matches_key(&key) {
+            return Ok(Pair {
+                chain,
+                chain_pem,
+                key,
+                key_pem,
+            });
+        }
+        tries += 1;
+        if tries >= PAIR_TRIES {
+            return Err(AgentError::Credential(format!(
+                "{}: key.pem is not the key of cert-chain.pem's certificate",
+                dir.display()
+            )));
+        }
+        std::thread::sleep(PAIR_PAUSE);
+    }
+}
+
 /// The certificate currently in `dir`, if any: its chain (leaf first) and key as PEM, and the
 /// leaf's validity window.
 pub fn current(dir: &Path) -> Option<(String, String, OffsetDateTime, OffsetDateTime)> {
-    let chain = std::fs::read_to_string(dir.join(CERT_CHAIN)).ok()?;
-    let key = std::fs::read_to_string(dir.join(KEY)).ok()?;
-    let leaf = Certificate::all_from_pem(chain.as_bytes(), CERT_CHAIN)
-        .ok()?
-        .into_iter()
-        .next()?;
-    Some((chain, key, leaf.not_before(), leaf.not_after()))
+    let pair = read_pair(dir).ok()?;
+    let leaf = pair.chain.first()?;
+    let (nb, na) = (leaf.not_before(), leaf.not_after());
+    Some((pair.chain_pem, pair.key_pem, nb, na))
 }
 
 #[cfg(test)]

@@ -19,7 +19,7 @@ use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
-use crate::client::{AgentError, CERT_CHAIN, KEY, ROOT_CERT};
+use crate::client::{AgentError, ROOT_CERT};
 
 fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::aws_lc_rs::default_provider())
@@ -39,21 +39,16 @@ fn read_dir_creds(
     ),
     AgentError,
 > {
-    let read = |f: &str| {
-        std::fs::read(dir.join(f))
-            .map_err(|e| cred_err(format!("{}: cannot read: {e}", dir.join(f).display())))
-    };
-    let chain = Certificate::all_from_pem(
-        &read(CERT_CHAIN)?,
-        &dir.join(CERT_CHAIN).display().to_string(),
-    )?;
-    let key = meshca_pki::PrivateKey::from_pem(&read(KEY)?, &dir.join(KEY).display().to_string())?;
-    let roots = Certificate::all_from_pem(
-        &read(ROOT_CERT)?,
-        &dir.join(ROOT_CERT).display().to_string(),
-    )?;
-    let ders = chain.iter().map(|c| c.der().clone()).collect();
-    let key = PrivateKeyDer::Pkcs8(key.to_pkcs8_der().into());
+    let pair = crate::client::read_pair(dir)?;
+    let roots_pem = std::fs::read(dir.join(ROOT_CERT)).map_err(|e| {
+        cred_err(format!(
+            "{}: cannot read: {e}",
+            dir.join(ROOT_CERT).display()
+        ))
+    })?;
+    let roots = Certificate::all_from_pem(&roots_pem, &dir.join(ROOT_CERT).display().to_string())?;
+    let ders = pair.chain.iter().map(|c| c.der().clone()).collect();
+    let key = PrivateKeyDer::Pkcs8(pair.key.to_pkcs8_der().into());
     Ok((ders, key, roots))
 }
 

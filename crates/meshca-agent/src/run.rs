@@ -21,6 +21,10 @@ pub struct Agent {
     pub grace_ratio: f64,
     /// Re-read the token file before each request (projected tokens rotate).
     pub token_file: Option<PathBuf>,
+    /// Re-read the CA's root bundle from this file before each request (a mounted
+    /// `istio-ca-root-cert` ConfigMap changes during a root rotation), in place of
+    /// `request.ca_root_pem`.
+    pub ca_root_file: Option<PathBuf>,
 }
 
 impl Agent {
@@ -37,10 +41,33 @@ impl Agent {
         Ok(self.request.credential.clone())
     }
 
+    /// The roots the CA's serving certificate is checked with: the configured bundle (re-read
+    /// from `ca_root_file`), and the root bundle the CA last gave this workload. During a root
+    /// rotation the CA gives out both roots before it serves under the new one, so a workload
+    /// that has renewed once in between keeps reaching it, as the mesh's own peers do.
+    fn ca_roots(&self) -> Result<String, AgentError> {
+        let mut roots = match &self.ca_root_file {
+            Some(f) => std::fs::read_to_string(f).map_err(|e| {
+                AgentError::Credential(format!("{}: cannot read: {e}", f.display()))
+            })?,
+            None => self.request.ca_root_pem.clone(),
+        };
+        if let Ok(received) = std::fs::read_to_string(self.output_dir.join(client::ROOT_CERT))
+            && Certificate::all_from_pem(received.as_bytes(), client::ROOT_CERT).is_ok()
+        {
+            if !roots.ends_with('\n') {
+                roots.push('\n');
+            }
+            roots.push_str(&received);
+        }
+        Ok(roots)
+    }
+
     /// Obtains and writes one certificate; returns the leaf.
     pub async fn once(&self, now: OffsetDateTime) -> Result<Certificate, AgentError> {
         let mut req = self.request.clone();
         req.credential = self.credential()?;
+        req.ca_root_pem = self.ca_roots()?;
         let issued = client::obtain(&req, now).await?;
         client::write_files(&self.output_dir, &issued)?;
         Ok(issued.leaf().clone())

@@ -120,6 +120,7 @@ impl Mesh {
             output_dir: out.to_owned(),
             grace_ratio: 0.5,
             token_file: None,
+            ca_root_file: None,
         }
     }
 }

@@ -119,6 +119,7 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
         output_dir: a.output_dir.clone(),
         grace_ratio: a.grace_ratio,
         token_file: a.token_file,
+        ca_root_file: Some(a.ca_root),
     };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
