@@ -6,6 +6,8 @@
 
 #![forbid(unsafe_code)]
 
+pub mod managed;
+
 use std::io::Write;
 use std::path::Path;
 use std::sync::Arc;
@@ -30,9 +32,26 @@ pub struct Summary {
     pub sleep_saw: String,
     /// Number of verification checks that passed.
     pub checks_passed: usize,
+    /// The managed story: the manager's rotations under traffic.
+    pub managed: managed::Managed,
 }
 
 const ISSUER: &str = "meshca-quickstart";
+
+/// A service-account token for `foo/<sa>`, for audience `istio-ca`, valid for an hour from `now`.
+fn token(key: &SigningKey, sa: &str, now: time::OffsetDateTime) -> anyhow::Result<String> {
+    Ok(meshca_token::mint(
+        &ServiceAccountClaims {
+            issuer: ISSUER.into(),
+            audiences: vec!["istio-ca".into()],
+            namespace: "foo".into(),
+            service_account: sa.into(),
+            issued_at: now,
+            expires_at: now + time::Duration::hours(1),
+        },
+        key,
+    )?)
+}
 
 /// Runs the story in `dir`, narrating to `out`.
 pub async fn run(dir: &Path, out: &mut impl Write) -> anyhow::Result<Summary> {
@@ -126,17 +145,7 @@ pub async fn run(dir: &Path, out: &mut impl Write) -> anyhow::Result<Summary> {
         ("cluster2", "sleep", &cas[1]),
     ];
     for (cluster, sa, ca) in workloads {
-        let token = meshca_token::mint(
-            &ServiceAccountClaims {
-                issuer: ISSUER.into(),
-                audiences: vec!["istio-ca".into()],
-                namespace: "foo".into(),
-                service_account: sa.into(),
-                issued_at: now,
-                expires_at: now + time::Duration::hours(1),
-            },
-            &key,
-        )?;
+        let token = token(&key, sa, now)?;
         let out_dir = dir.join("workloads").join(cluster).join("foo").join(sa);
         std::fs::create_dir_all(out_dir.parent().context("workload folder")?)?;
         let agent = Agent {
@@ -153,6 +162,7 @@ pub async fn run(dir: &Path, out: &mut impl Write) -> anyhow::Result<Summary> {
             output_dir: out_dir.clone(),
             grace_ratio: 0.5,
             token_file: None,
+            ca_root_file: None,
         };
         let leaf = agent
             .once(now)
@@ -246,14 +256,24 @@ pub async fn run(dir: &Path, out: &mut impl Write) -> anyhow::Result<Summary> {
     }
     writeln!(
         out,
-        "== OK: two clusters, one root; workloads in cluster1 and cluster2 authenticate each other over mTLS ({} checks passed). Files are in {}",
+        "   two clusters, one root; workloads in cluster1 and cluster2 authenticate each other over mTLS ({} checks passed)",
+        all.len()
+    )?;
+
+    let managed = managed::run(dir, 6, out).await?;
+    writeln!(
+        out,
+        "== OK: plugged-in CAs verified ({} checks); managed intermediates re-issued and the root replaced with {} mTLS calls and none failed. Files are in {} (the policy: {})",
         all.len(),
-        dir.display()
+        managed.calls,
+        dir.display(),
+        managed.policy.display()
     )?;
     Ok(Summary {
         httpbin_saw,
         sleep_saw,
         checks_passed: all.len(),
+        managed,
     })
 }
 
@@ -266,12 +286,27 @@ mod tests {
         let t = tempfile::tempdir().unwrap();
         for round in 0..2 {
             let mut out = Vec::new();
-            let s = run(t.path(), &mut out).await.unwrap();
+            let s = run(t.path(), &mut out).await;
             let text = String::from_utf8(out).unwrap();
+            println!("{text}");
+            let s = s.unwrap();
             assert_eq!(s.httpbin_saw, "spiffe://cluster.local/ns/foo/sa/sleep");
             assert_eq!(s.sleep_saw, "spiffe://cluster.local/ns/foo/sa/httpbin");
             assert_eq!(s.checks_passed, 6, "{text}");
             assert!(!text.contains('✘'), "{text}");
+            // Two first intermediates, two forced, two re-issued from the new root.
+            assert_eq!(s.managed.intermediates_issued, 6, "{text}");
+            assert_eq!(s.managed.failed, 0, "{text}");
+            assert!(s.managed.calls > 20, "{text}");
+            for needle in [
+                "phase 1/3 add-root",
+                "they trust 2 root(s)",
+                "rotation: root rotation finished",
+                "they trust 1 root(s)",
+                ": 0 failed",
+            ] {
+                assert!(text.contains(needle), "{needle:?} in\n{text}");
+            }
             if round == 1 {
                 assert!(
                     text.contains("cluster1-cacerts: up to date"),
