@@ -298,6 +298,8 @@ mod tests {
             assert_eq!(s.managed.intermediates_issued, 6, "{text}");
             assert_eq!(s.managed.failed, 0, "{text}");
             assert!(s.managed.calls > 20, "{text}");
+            let page = std::fs::read_to_string(&s.managed.dashboard).unwrap();
+            assert!(page.contains("cluster1") && page.contains("cluster2"));
             for needle in [
                 "phase 1/3 add-root",
                 "they trust 2 root(s)",

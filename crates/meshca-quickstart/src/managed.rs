@@ -66,6 +66,8 @@ pub struct Managed {
     pub policy: PathBuf,
     /// The store folder (`<cluster>/<namespace>/<secret>/<key>`).
     pub store: PathBuf,
+    /// The trust dashboard written at the end (one self-contained HTML file).
+    pub dashboard: PathBuf,
 }
 
 /// The workload's current files are from `cacerts` as it is now: its chain's CA certificate is
@@ -375,6 +377,17 @@ pub async fn run(dir: &Path, step: usize, out: &mut impl Write) -> anyhow::Resul
     }
 
     let (calls, failed, first_error) = traffic.finish().await;
+    let dashboard = base.join("meshca-dashboard.html");
+    let data = meshca_trust::dashboard::gather(
+        &meshca_trust::BundleCache::new(),
+        &store,
+        &policy,
+        "mgmt",
+        &[],
+        now,
+    )?;
+    std::fs::write(&dashboard, meshca_trust::dashboard::render(&data, now))
+        .with_context(|| format!("{}: cannot write", dashboard.display()))?;
     for a in agents {
         a.abort();
     }
@@ -392,12 +405,18 @@ pub async fn run(dir: &Path, step: usize, out: &mut impl Write) -> anyhow::Resul
             first_error.unwrap_or_default()
         );
     }
+    writeln!(
+        out,
+        "   the trust dashboard (roots, intermediates, expiry timeline, checks): {}",
+        dashboard.display()
+    )?;
     Ok(Managed {
         calls,
         failed,
         intermediates_issued: issued,
         policy: policy_path,
         store: store_dir,
+        dashboard,
     })
 }
 
