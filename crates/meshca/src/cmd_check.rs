@@ -54,9 +54,8 @@ fn check_and_print(
         fail_days: a.fail_days,
     };
     let report = meshca_verify::check::check(&sources, &options, now);
-    match a.output {
-        Output::Json => writeln!(out, "{}", serde_json::to_string_pretty(&report)?)?,
-        Output::Text => print_text(&report, out)?,
+    if !a.output.write_data(out, &report)? {
+        print_text(&report, out)?;
     }
     Ok(if report.passed() {
         ExitCode::SUCCESS

@@ -37,7 +37,9 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
     }
     let mut out = std::io::stdout().lock();
     match a.output {
-        Output::Json => writeln!(out, "{}", serde_json::to_string_pretty(&reports)?)?,
+        Output::Json | Output::Yaml => {
+            a.output.write_data(&mut out, &reports)?;
+        }
         Output::Text => {
             for r in &reports {
                 for item in &r.items {

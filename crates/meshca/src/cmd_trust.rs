@@ -450,7 +450,9 @@ fn status(s: &StatusArgs, now: OffsetDateTime, out: &mut impl Write) -> anyhow::
         now,
     )?;
     match s.output {
-        Output::Json => writeln!(out, "{}", serde_json::to_string_pretty(&st)?)?,
+        Output::Json | Output::Yaml => {
+            s.output.write_data(out, &st)?;
+        }
         Output::Text => {
             if let Some(r) = &st.rotation {
                 writeln!(
@@ -555,7 +557,9 @@ fn simulate_cmd(
     let started = std::time::Instant::now();
     let r = simulate(&policy, &cfg, now)?;
     match s.output {
-        Output::Json => writeln!(out, "{}", serde_json::to_string_pretty(&r)?)?,
+        Output::Json | Output::Yaml => {
+            s.output.write_data(out, &r)?;
+        }
         Output::Text => {
             for e in &r.events {
                 writeln!(out, "{e}")?;

@@ -158,19 +158,18 @@ pub fn run(c: Command) -> anyhow::Result<ExitCode> {
 fn print(r: &Report, output: Output) -> anyhow::Result<()> {
     let mut out = std::io::stdout().lock();
     match output {
-        Output::Json => {
+        Output::Json | Output::Yaml => {
             #[derive(serde::Serialize)]
             struct J<'a> {
                 passed: bool,
                 checks: &'a [meshca_verify::Check],
             }
-            writeln!(
-                out,
-                "{}",
-                serde_json::to_string_pretty(&J {
+            output.write_data(
+                &mut out,
+                &J {
                     passed: r.passed(),
-                    checks: &r.checks
-                })?
+                    checks: &r.checks,
+                },
             )?;
         }
         Output::Text => {

@@ -81,6 +81,25 @@ fn main() -> ExitCode {
 enum Output {
     /// for people
     Text,
-    /// for scripts
+    /// for scripts: one JSON document
     Json,
+    /// for scripts: one YAML document, the same fields as JSON
+    Yaml,
+}
+
+impl Output {
+    /// Writes `value` as JSON or YAML and says so, or writes nothing and returns false for
+    /// text, which each command prints in its own way.
+    fn write_data<T: serde::Serialize>(
+        self,
+        out: &mut impl std::io::Write,
+        value: &T,
+    ) -> anyhow::Result<bool> {
+        match self {
+            Output::Text => return Ok(false),
+            Output::Json => writeln!(out, "{}", serde_json::to_string_pretty(value)?)?,
+            Output::Yaml => write!(out, "{}", serde_saphyr::to_string(value)?)?,
+        }
+        Ok(true)
+    }
 }
