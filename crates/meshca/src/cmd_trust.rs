@@ -202,6 +202,10 @@ pub struct RunArgs {
     /// the rotation phase, reconcile outcomes and durations, store errors).
     #[arg(long, value_name = "ADDR")]
     metrics_addr: Option<std::net::SocketAddr>,
+    /// Serve the trust dashboard at http://ADDR/, rendered at each request from the latest
+    /// reconcile (`/policy/<namespace>/<name>` for each policy when there are several).
+    #[arg(long, value_name = "ADDR")]
+    http: Option<std::net::SocketAddr>,
 }
 
 #[derive(clap::Args)]
@@ -646,10 +650,14 @@ fn run_loop(r: &RunArgs) -> anyhow::Result<ExitCode> {
     .max(StdDuration::from_millis(50));
     let stop = std::sync::Arc::new(AtomicBool::new(false));
     stop_on_signals(&stop)?;
-    let clock: Box<dyn Clock> = match &r.clock_file {
-        Some(f) => Box::new(FileClock::open(f)?),
-        None => Box::new(SystemClock),
+    let clock: std::sync::Arc<dyn Clock> = match &r.clock_file {
+        Some(f) => std::sync::Arc::new(FileClock::open(f)?),
+        None => std::sync::Arc::new(SystemClock),
     };
+    let dashboards = r
+        .http
+        .map(|addr| serve_dashboard(addr, std::sync::Arc::clone(&clock)))
+        .transpose()?;
     let leadership = match (&store, r.leader_elect) {
         (Store::Kube(k), true) => {
             let client = k.client(&mgmt).ok_or_else(|| {
@@ -737,6 +745,9 @@ fn run_loop(r: &RunArgs) -> anyhow::Result<ExitCode> {
         if let Some(m) = &metrics {
             m.record(e, target, &mgmt);
         }
+        if let Some(d) = &dashboards {
+            d.record(e, target, &mgmt, &args.only());
+        }
         if let Store::Kube(k) = &store {
             if let Event::Reconciled { policy, .. } | Event::Loaded(policy) = e
                 && let Some(p) = &policy.policy
@@ -797,6 +808,27 @@ fn serve_metrics(
     println!("metrics on {bound}");
     stdout_flush();
     Ok(metrics)
+}
+
+/// Serves the trust dashboard at `addr` from a thread of its own, each page rendered at its
+/// request by `clock`'s time, and says where on stdout.
+fn serve_dashboard(
+    addr: std::net::SocketAddr,
+    clock: std::sync::Arc<dyn meshca_trust::manager::Clock>,
+) -> anyhow::Result<std::sync::Arc<meshca_trust::dashboard::LiveDashboards>> {
+    let listener = std::net::TcpListener::bind(addr)
+        .map_err(|e| anyhow::anyhow!("--http {addr}: cannot listen: {e}"))?;
+    let bound = listener.local_addr()?;
+    let live = std::sync::Arc::new(meshca_trust::dashboard::LiveDashboards::new());
+    let l = std::sync::Arc::clone(&live);
+    let site = move |path: &str| {
+        l.page(path, clock.now())
+            .map(|html| meshca_http::Page::new("text/html; charset=utf-8", html))
+    };
+    meshca_http::spawn(listener, std::sync::Arc::new(site), Default::default())?;
+    println!("dashboard on http://{bound}/");
+    stdout_flush();
+    Ok(live)
 }
 
 /// Sets `stop` on SIGINT or SIGTERM.

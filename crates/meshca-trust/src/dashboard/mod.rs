@@ -7,6 +7,7 @@
 //! of that data and `now`, so the file `meshca trust dashboard` writes and the page
 //! `meshca trust run --http` serves are the same.
 
+mod live;
 mod page;
 mod svg;
 
@@ -25,6 +26,7 @@ use crate::reconcile::{
 };
 use crate::rotation::{self, RotationPhase};
 
+pub use live::LiveDashboards;
 pub use page::render;
 
 /// Everything the dashboard shows about one policy.

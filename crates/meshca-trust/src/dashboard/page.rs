@@ -82,6 +82,31 @@ pub fn render(data: &DashboardData, now: OffsetDateTime) -> String {
     s
 }
 
+/// A page of one message, in the dashboard's style.
+pub(super) fn notice(title: &str, text: &str) -> String {
+    format!(
+        r#"<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><link rel="icon" href="data:,"><title>meshca trust · {t}</title><style>{CSS}</style></head>
+<body><header><div><h1>Trust dashboard</h1></div></header><main><section><h2>{t}</h2><p>{x}</p></section></main></body></html>
+"#,
+        t = esc(title),
+        x = esc(text)
+    )
+}
+
+/// The list of policies, each linking to its dashboard.
+pub(super) fn index<'a>(policies: impl Iterator<Item = &'a str>) -> String {
+    let items: String = policies
+        .map(|p| format!(r#"<li><a href="/policy/{0}">{0}</a></li>"#, esc(p)))
+        .collect();
+    format!(
+        r#"<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><link rel="icon" href="data:,"><title>meshca trust · policies</title><style>{CSS}</style></head>
+<body><header><div><h1>Trust dashboard</h1></div></header><main><section><h2>Policies</h2><ul>{items}</ul></section></main></body></html>
+"#
+    )
+}
+
 /// The page's overall verdict.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 enum Health {
