@@ -1,7 +1,12 @@
 //! Shared pieces of meshca's benchmark harnesses: timing commands and summarising samples.
 //! Harnesses are binaries under `src/bin/`; they print Markdown tables for `docs/BENCHMARKS.md`.
+//! The CA load generators (`ca-load`, `istiod-load`) share [`load`], [`server`] and [`pki`].
 
 #![forbid(unsafe_code)]
+
+pub mod load;
+pub mod pki;
+pub mod server;
 
 use std::path::PathBuf;
 use std::time::Duration;

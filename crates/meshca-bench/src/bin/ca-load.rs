@@ -15,15 +15,17 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use meshca_bench::load::{Beside, Outcome, Row, Work, fmt_x, median_f, warm_then_measure};
+use meshca_bench::pki::{NAMESPACE, make_ca, make_csrs};
+use meshca_bench::server::{Guard, free_port, start_listening, which};
 use meshca_ca::proto::IstioCertificateRequest;
 use meshca_ca::proto::istio_certificate_service_client::IstioCertificateServiceClient;
-use meshca_pki::{CacertsBundle, CertificateRequest, KeyType, PrivateKey, SpiffeId, TrustDomain};
+use meshca_pki::{CertificateRequest, KeyType, PrivateKey, SpiffeId, TrustDomain};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tonic::transport::{Channel, ClientTlsConfig};
@@ -40,15 +42,6 @@ const ECHO_RESPONSE: usize = 2100;
 struct Scenario {
     ca_key: &'static str,
     csr_key: KeyType,
-}
-
-struct Outcome {
-    certs: u64,
-    errors: u64,
-    elapsed: Duration,
-    latencies: Vec<Duration>,
-    server_cpu: Duration,
-    rss_peak_kb: u64,
 }
 
 fn main() {
@@ -100,8 +93,7 @@ fn main() {
         let dir = tempfile::tempdir().unwrap();
         let d = dir.path();
         make_ca(d, sc.ca_key);
-        let ca_dir = d.join("c1");
-        let csrs = make_csrs(sc.csr_key);
+        let csrs = make_csrs(sc.csr_key, CSR_COUNT);
         let ca_name = if sc.ca_key == "rsa" {
             "RSA-4096"
         } else {
@@ -113,7 +105,7 @@ fn main() {
         let with_echo = n == 0;
         let (mut m, mut c, mut h, mut e) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
         for _ in 0..rounds {
-            let floor = crypto_floor(&ca_dir, &csrs);
+            let floor = crypto_floor(d, &csrs);
             m.push(Row::of(
                 &rt.block_on(drive_meshca(&meshca, d, &csrs, clients, false, dur)),
                 floor,
@@ -179,75 +171,6 @@ fn main() {
     }
 }
 
-fn fmt_x(x: f64) -> String {
-    format!("{x:.2}×")
-}
-
-fn median_f(v: &[f64]) -> f64 {
-    let mut s = v.to_vec();
-    s.sort_by(f64::total_cmp);
-    let n = s.len();
-    match n {
-        0 => 0.0,
-        _ if n % 2 == 1 => s[n / 2],
-        _ => (s[n / 2 - 1] + s[n / 2]) / 2.0,
-    }
-}
-
-/// One run's figures, or the medians of several.
-#[derive(Clone, Copy)]
-struct Row {
-    rate: f64,
-    p50_ms: f64,
-    p99_ms: f64,
-    cpu_us: f64,
-    floor_us: f64,
-    rss_mb: f64,
-    errors: u64,
-}
-
-impl Row {
-    fn of(o: &Outcome, floor: Duration) -> Row {
-        let mut l = o.latencies.clone();
-        l.sort();
-        let pct = |p: f64| {
-            l.get(((l.len() as f64 * p) as usize).min(l.len().saturating_sub(1)))
-                .copied()
-                .unwrap_or_default()
-                .as_secs_f64()
-                * 1e3
-        };
-        let cpu_us = if o.certs > 0 {
-            o.server_cpu.as_secs_f64() * 1e6 / o.certs as f64
-        } else {
-            0.0
-        };
-        Row {
-            rate: o.certs as f64 / o.elapsed.as_secs_f64(),
-            p50_ms: pct(0.50),
-            p99_ms: pct(0.99),
-            cpu_us,
-            floor_us: floor.as_secs_f64() * 1e6,
-            rss_mb: o.rss_peak_kb as f64 / 1024.0,
-            errors: o.errors,
-        }
-    }
-
-    /// Column by column: medians, except the largest RSS and all errors.
-    fn median(rows: &[Row]) -> Row {
-        let col = |f: fn(&Row) -> f64| median_f(&rows.iter().map(f).collect::<Vec<_>>());
-        Row {
-            rate: col(|r| r.rate),
-            p50_ms: col(|r| r.p50_ms),
-            p99_ms: col(|r| r.p99_ms),
-            cpu_us: col(|r| r.cpu_us),
-            floor_us: col(|r| r.floor_us),
-            rss_mb: rows.iter().map(|r| r.rss_mb).fold(0.0, f64::max),
-            errors: rows.iter().map(|r| r.errors).sum(),
-        }
-    }
-}
-
 fn print_row(ca: &str, csr: &str, server: &str, r: &Row) {
     println!(
         "| {ca} | {csr} | {server} | {:.0} | {:.2} ms | {:.2} ms | {:.0} µs | {:.0} µs | {:.2}× | {:.1} MB | {} |",
@@ -262,51 +185,10 @@ fn print_row(ca: &str, csr: &str, server: &str, r: &Row) {
     );
 }
 
-fn which(cmd: &str) -> bool {
-    Command::new("sh")
-        .arg("-c")
-        .arg(format!("command -v {cmd}"))
-        .output()
-        .map(|o| o.status.success())
-        .unwrap_or(false)
-}
-
-fn make_ca(dir: &Path, key: &str) {
-    let settings = meshca_certs::Settings {
-        rootca_key_type: key.into(),
-        intermediate_key_type: key.into(),
-        ..Default::default()
-    };
-    meshca_certs::run(
-        dir,
-        &settings,
-        &[meshca_certs::Target::Cacerts("c1".into())],
-        false,
-        time::OffsetDateTime::now_utc(),
-        &|_| {},
-    )
-    .unwrap();
-}
-
-fn make_csrs(kt: KeyType) -> Vec<(String, String)> {
-    (0..CSR_COUNT)
-        .map(|i| {
-            let key = PrivateKey::generate(kt).unwrap();
-            let id = format!("spiffe://cluster.local/ns/load/sa/sa{i}");
-            (
-                meshca_pki::make_csr_pem(&key, std::slice::from_ref(&id)).unwrap(),
-                format!("sa{i}"),
-            )
-        })
-        .collect()
-}
-
 /// Parse and verify a CSR, build and sign its certificate: the work no CA can skip.
-fn crypto_floor(ca_dir: &Path, csrs: &[(String, String)]) -> Duration {
-    let files = meshca_store::read_bundle_dir(ca_dir).unwrap();
-    let bundle = CacertsBundle::from_files(&files, "c1", time::OffsetDateTime::now_utc()).unwrap();
-    let ca = meshca_ca::issuer::LoadedCa::new(bundle, Vec::new());
-    let td = TrustDomain::new("cluster.local").unwrap();
+fn crypto_floor(dir: &Path, csrs: &[(String, String)]) -> Duration {
+    let ca = meshca_bench::pki::load_ca(dir);
+    let td = TrustDomain::new(meshca_bench::pki::TRUST_DOMAIN).unwrap();
     let policy = meshca_ca::issuer::IssuancePolicy::default();
     let now = time::OffsetDateTime::now_utc();
     let run = |n: usize| {
@@ -314,7 +196,7 @@ fn crypto_floor(ca_dir: &Path, csrs: &[(String, String)]) -> Duration {
         for i in 0..n {
             let (csr, sa) = &csrs[i % csrs.len()];
             let req = CertificateRequest::from_pem(csr.as_bytes(), "csr").unwrap();
-            let id = SpiffeId::workload(&td, "load", sa).unwrap();
+            let id = SpiffeId::workload(&td, NAMESPACE, sa).unwrap();
             let _ = ca.issue(&req, &id, 0, &policy, now).unwrap();
         }
         start.elapsed() / u32::try_from(n).unwrap_or(1)
@@ -323,69 +205,6 @@ fn crypto_floor(ca_dir: &Path, csrs: &[(String, String)]) -> Duration {
     let mut samples: Vec<Duration> = (0..5).map(|_| run(400)).collect();
     samples.sort();
     samples[2]
-}
-
-fn clk_tck() -> u64 {
-    Command::new("getconf")
-        .arg("CLK_TCK")
-        .output()
-        .ok()
-        .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok())
-        .unwrap_or(100)
-}
-
-/// utime + stime of a process, from /proc.
-fn proc_cpu(pid: u32) -> Duration {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let after = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
-    let f: Vec<&str> = after.split_whitespace().collect();
-    let ticks: u64 = f.get(11).and_then(|s| s.parse().ok()).unwrap_or(0)
-        + f.get(12).and_then(|s| s.parse().ok()).unwrap_or(0);
-    Duration::from_secs_f64(ticks as f64 / clk_tck() as f64)
-}
-
-/// Peak resident memory of a process in kB.
-fn proc_hwm_kb(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0)
-}
-
-struct Guard(Child);
-
-/// Starts a server that prints `listening on ADDR` first; returns it (killed on drop), its pid and
-/// the address.
-fn start_listening(mut cmd: Command) -> (Guard, u32, String) {
-    let mut child = cmd
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let addr = line
-        .trim()
-        .strip_prefix("listening on ")
-        .unwrap()
-        .split_whitespace()
-        .next()
-        .unwrap()
-        .to_owned();
-    let pid = child.id();
-    (Guard(child), pid, addr)
-}
-
-impl Drop for Guard {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 async fn drive_meshca(
@@ -421,7 +240,7 @@ async fn drive_meshca(
                 &meshca_token::ServiceAccountClaims {
                     issuer: "bench".into(),
                     audiences: vec!["istio-ca".into()],
-                    namespace: "load".into(),
+                    namespace: NAMESPACE.into(),
                     service_account: sa.clone(),
                     issued_at: now,
                     expires_at: now + time::Duration::hours(1),
@@ -448,13 +267,13 @@ async fn drive_meshca(
     let work = Arc::new((csrs.to_vec(), tokens));
     if health_only {
         let conns = channels.into_iter().map(HealthClient::new).collect();
-        return warm_then_measure(pid, conns, work, dur, health_call).await;
+        return warm_then_measure(pid, Beside::default(), conns, work, dur, health_call).await;
     }
     let conns = channels
         .into_iter()
         .map(IstioCertificateServiceClient::new)
         .collect();
-    warm_then_measure(pid, conns, work, dur, grpc_call).await
+    warm_then_measure(pid, Beside::default(), conns, work, dur, grpc_call).await
 }
 
 /// The standard health check: a call through the same TLS, HTTP/2 and gRPC layers with no CA
@@ -466,8 +285,6 @@ async fn health_call(c: &mut HealthClient<Channel>, _: &Work, _: usize) -> bool 
     .await
     .is_ok()
 }
-
-type Work = Arc<(Vec<(String, String)>, Vec<String>)>;
 
 async fn grpc_call(c: &mut IstioCertificateServiceClient<Channel>, work: &Work, i: usize) -> bool {
     let (csr, _) = &work.0[i % work.0.len()];
@@ -483,106 +300,6 @@ async fn grpc_call(c: &mut IstioCertificateServiceClient<Channel>, work: &Work, 
         .await
         .map(|r| r.into_inner().cert_chain.len() >= 2)
         .unwrap_or(false)
-}
-
-/// Runs `call` from every client in a loop for `dur`; returns (ok, errors, elapsed, latencies).
-async fn load<C, F>(
-    clients: Vec<C>,
-    work: Work,
-    dur: Duration,
-    call: F,
-) -> (u64, u64, Duration, Vec<Duration>)
-where
-    C: Send + 'static,
-    F: for<'a> AsyncCall<'a, C> + Copy + Send + Sync + 'static,
-{
-    let start = Instant::now();
-    let deadline = start + dur;
-    let mut tasks = Vec::new();
-    for (n, mut c) in clients.into_iter().enumerate() {
-        let work = work.clone();
-        tasks.push(tokio::spawn(async move {
-            let (mut ok, mut err, mut lat) = (0u64, 0u64, Vec::new());
-            let mut i = n * 7;
-            while Instant::now() < deadline {
-                let t = Instant::now();
-                if call.call(&mut c, &work, i).await {
-                    ok += 1;
-                    lat.push(t.elapsed());
-                } else {
-                    err += 1;
-                }
-                i += 1;
-            }
-            (ok, err, lat)
-        }));
-    }
-    let (mut ok, mut err, mut lat) = (0, 0, Vec::new());
-    for t in tasks {
-        let (o, e, l) = t.await.unwrap();
-        ok += o;
-        err += e;
-        lat.extend(l);
-    }
-    (ok, err, start.elapsed(), lat)
-}
-
-/// Half a second of warm-up, then `dur` of measured load, with the server's CPU time read from
-/// /proc around the measured part.
-async fn warm_then_measure<C, F>(
-    pid: u32,
-    conns: Vec<C>,
-    work: Work,
-    dur: Duration,
-    call: F,
-) -> Outcome
-where
-    C: Clone + Send + 'static,
-    F: for<'a> AsyncCall<'a, C> + Copy + Send + Sync + 'static,
-{
-    let _ = load(
-        conns.clone(),
-        work.clone(),
-        Duration::from_millis(500),
-        call,
-    )
-    .await;
-    let cpu0 = proc_cpu(pid);
-    let (certs, errors, elapsed, latencies) = load(conns, work, dur, call).await;
-    let server_cpu = proc_cpu(pid).saturating_sub(cpu0);
-    Outcome {
-        certs,
-        errors,
-        elapsed,
-        latencies,
-        server_cpu,
-        rss_peak_kb: proc_hwm_kb(pid),
-    }
-}
-
-/// An async call on a client, nameable in a trait bound.
-trait AsyncCall<'a, C>: Send {
-    type Fut: std::future::Future<Output = bool> + Send + 'a;
-    fn call(self, c: &'a mut C, work: &'a Work, i: usize) -> Self::Fut;
-}
-
-impl<'a, C: 'a, F, Fut> AsyncCall<'a, C> for F
-where
-    F: FnOnce(&'a mut C, &'a Work, usize) -> Fut + Send,
-    Fut: std::future::Future<Output = bool> + Send + 'a,
-{
-    type Fut = Fut;
-    fn call(self, c: &'a mut C, work: &'a Work, i: usize) -> Fut {
-        self(c, work, i)
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 async fn drive_cfssl(
@@ -635,7 +352,7 @@ async fn drive_cfssl(
             stream: None,
         });
     }
-    warm_then_measure(pid, conns, work, dur, cfssl_call).await
+    warm_then_measure(pid, Beside::default(), conns, work, dur, cfssl_call).await
 }
 
 /// A keep-alive HTTP/1.1 connection to cfssl, reopened when the server closes it.
@@ -758,7 +475,7 @@ async fn drive_echo(clients: usize, dur: Duration) -> Outcome {
         });
     }
     let work: Work = Arc::new((Vec::new(), Vec::new()));
-    warm_then_measure(pid, conns, work, dur, echo_call).await
+    warm_then_measure(pid, Beside::default(), conns, work, dur, echo_call).await
 }
 
 async fn echo_call(c: &mut HttpConn, _: &Work, _: usize) -> bool {
