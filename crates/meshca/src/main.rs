@@ -50,6 +50,49 @@ enum Command {
     /// Check that workloads carry certificates from the plugged-in CA and share one root.
     #[command(subcommand)]
     Verify(cmd_verify::Command),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+    /// Write man pages: meshca.1 and one per subcommand (meshca-trust-run.1, ...).
+    Man {
+        /// The folder to write them to.
+        #[arg(long, default_value = ".")]
+        dir: std::path::PathBuf,
+    },
+}
+
+/// Writes `meshca.1` and a page for every subcommand, nested ones included, into `dir`.
+fn write_man_pages(dir: &std::path::Path) -> anyhow::Result<ExitCode> {
+    use clap::CommandFactory;
+    std::fs::create_dir_all(dir)
+        .map_err(|e| anyhow::anyhow!("{}: cannot create: {e}", dir.display()))?;
+    let mut cmd = Cli::command();
+    cmd.build();
+    let mut written = Vec::new();
+    write_man_page(&cmd, dir, "meshca", &mut written)?;
+    println!("wrote {} man pages to {}", written.len(), dir.display());
+    Ok(ExitCode::SUCCESS)
+}
+
+fn write_man_page(
+    cmd: &clap::Command,
+    dir: &std::path::Path,
+    name: &str,
+    written: &mut Vec<String>,
+) -> anyhow::Result<()> {
+    let page = cmd.clone().name(name.to_owned());
+    let mut text = Vec::new();
+    clap_mangen::Man::new(page).render(&mut text)?;
+    let path = dir.join(format!("{name}.1"));
+    std::fs::write(&path, text)
+        .map_err(|e| anyhow::anyhow!("{}: cannot write: {e}", path.display()))?;
+    written.push(name.to_owned());
+    for sub in cmd.get_subcommands().filter(|s| s.get_name() != "help") {
+        write_man_page(sub, dir, &format!("{name}-{}", sub.get_name()), written)?;
+    }
+    Ok(())
 }
 
 fn main() -> ExitCode {
@@ -65,6 +108,18 @@ fn main() -> ExitCode {
         Command::Check(a) => cmd_check::run(a),
         Command::Agent(a) => cmd_agent::run(*a),
         Command::Quickstart(a) => cmd_quickstart::run(a),
+        Command::Completions { shell } => {
+            use clap::CommandFactory;
+            use std::io::Write;
+            // Into memory first: clap_complete panics on a failed write (a closed pipe).
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "meshca", &mut script);
+            std::io::stdout()
+                .write_all(&script)
+                .map(|()| ExitCode::SUCCESS)
+                .map_err(|e| anyhow::anyhow!("writing the completion script: {e}"))
+        }
+        Command::Man { dir } => write_man_pages(&dir),
     };
     match result {
         Ok(code) => code,
