@@ -223,8 +223,12 @@ pub struct RotateRootArgs {
 
 #[derive(clap::Args)]
 pub struct StatusArgs {
+    /// The RootTrustPolicy YAML. Without it, what the store holds: each cluster's bundle, and
+    /// whether each pair of clusters trusts each other's chain.
+    #[arg(short = 'f', long = "filename")]
+    policy: Option<PathBuf>,
     #[command(flatten)]
-    common: Common,
+    store: StoreArgs,
     /// Output format.
     #[arg(short = 'o', long = "output", value_enum, default_value = "text")]
     output: Output,
@@ -445,14 +449,29 @@ fn print_plan(
 }
 
 fn status(s: &StatusArgs, now: OffsetDateTime, out: &mut impl Write) -> anyhow::Result<ExitCode> {
-    let (policy, store) = load(&s.common)?;
-    let st = meshca_trust::status(
-        store.as_dyn(),
-        &policy,
-        &s.common.store.mgmt_cluster,
-        &s.common.store.only(),
-        now,
-    )?;
+    let st = match &s.policy {
+        Some(path) => {
+            let policy = read_policy(path)?;
+            let store = s.store.open(&policy)?;
+            meshca_trust::status(
+                store.as_dyn(),
+                &policy,
+                &s.store.mgmt_cluster,
+                &s.store.only(),
+                now,
+            )?
+        }
+        None => {
+            let store = s.store.open_for(None, None)?;
+            meshca_trust::reconcile::inventory(
+                &meshca_trust::BundleCache::new(),
+                store.as_dyn(),
+                &s.store.mgmt_cluster,
+                &s.store.only(),
+                now,
+            )?
+        }
+    };
     match s.output {
         Output::Json | Output::Yaml => {
             s.output.write_data(out, &st)?;

@@ -53,7 +53,7 @@ use judge::*;
 use pass::*;
 pub(crate) use plan::start_rotation_with;
 pub use plan::{PlanStep, plan_root_rotation, start_root_rotation};
-pub use status::{ClusterStatus, RotationStatus, Status, status, status_with};
+pub use status::{ClusterStatus, RotationStatus, Status, inventory, status, status_with};
 
 /// What happened to one cluster.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -157,3 +157,82 @@ pub fn status_with(
         clusters: out,
     })
 }
+
+/// What the store holds, with no policy to judge it by: each cluster's bundle (every cluster of
+/// the store but `mgmt`, or `only`), and whether each pair of clusters trusts each other's chain
+/// (the rule of [`meshca_verify::interop`]). Policy-specific fields (next renewal, rotation) are
+/// left empty; a cluster that another does not trust gets that as a problem.
+pub fn inventory(
+    cache: &BundleCache,
+    store: &dyn SecretStore,
+    mgmt: &str,
+    only: &[String],
+    now: OffsetDateTime,
+) -> Result<Status, TrustError> {
+    let mut out = Vec::new();
+    let mut loaded = Vec::new();
+    for cluster in store.clusters()? {
+        if cluster == mgmt || (!only.is_empty() && !only.contains(&cluster)) {
+            continue;
+        }
+        let mut st = ClusterStatus {
+            cluster: cluster.clone(),
+            serial: None,
+            not_after: None,
+            next_renewal: None,
+            rotation: None,
+            roots: Vec::new(),
+            problems: Vec::new(),
+        };
+        match store.read(&cacerts_key(&cluster))? {
+            None => st.problems.push("no cacerts".into()),
+            Some(data) => match cache.load(
+                &data,
+                &format!("{cluster}/{ISTIO_NAMESPACE}/{CACERTS}"),
+                now,
+            ) {
+                Err(e) => st.problems.push(e.to_string()),
+                Ok(b) => {
+                    let c = b.signer().cert();
+                    st.roots = b.roots().iter().map(fingerprint).collect();
+                    st.serial = Some(hex_colons(c.x509().raw_serial()));
+                    st.not_after = Some(show_time(c.not_after()));
+                    loaded.push((out.len(), b));
+                }
+            },
+        }
+        out.push(st);
+    }
+    for (i, (ia, a)) in loaded.iter().enumerate() {
+        for (ib, b) in &loaded[i + 1..] {
+            let verdict = meshca_verify::interop::interop(
+                &trust_of(&out[*ia].cluster, a),
+                &trust_of(&out[*ib].cluster, b),
+                now,
+            );
+            let problems: Vec<(String, String)> = verdict
+                .failures()
+                .map(|d| (d.to.clone(), d.describe()))
+                .collect();
+            for (to, problem) in problems {
+                if let Some(st) = out.iter_mut().find(|s| s.cluster == to) {
+                    st.problems.push(problem);
+                }
+            }
+        }
+    }
+    Ok(Status {
+        rotation: None,
+        clusters: out,
+    })
+}
+
+/// What a cluster's workloads present and trust, from its verified bundle.
+fn trust_of<'a>(name: &'a str, b: &'a CacertsBundle) -> meshca_verify::interop::ClusterTrust<'a> {
+    meshca_verify::interop::ClusterTrust {
+        name,
+        start: b.signer().cert(),
+        chain: b.path().certs(),
+        roots: b.roots(),
+    }
+}
