@@ -66,6 +66,11 @@ pub struct Authenticator {
     trust_domain: TrustDomain,
     jwt: ArcSwapOption<JwtKeys>,
     clusters: Clusters<KubeCluster>,
+    /// The SPIFFE ID read from each client certificate, by the SHA-256 of its DER. The TLS
+    /// handshake has verified the certificate already; a client renewing over one connection
+    /// sends the same one with every request, and reading the identity from the digest spares
+    /// parsing it each time.
+    client_ids: Mutex<HashMap<[u8; 32], SpiffeId>>,
 }
 
 /// The JWT verifier in use and the tokens it verified. They are replaced together, so that a
@@ -106,6 +111,7 @@ impl Authenticator {
             trust_domain,
             jwt: ArcSwapOption::from_pointee(jwt.map(JwtKeys::new)),
             clusters,
+            client_ids: Mutex::new(HashMap::new()),
         }
     }
 
@@ -129,7 +135,7 @@ impl Authenticator {
     ) -> Result<SpiffeId, AuthError> {
         let cluster = self.clusters.resolve(creds.cluster_id)?;
         let id = if let Some(leaf) = creds.peer_certs.and_then(|c| c.first()) {
-            from_client_cert(leaf)?
+            self.identity_from_client_cert(leaf)?
         } else if let Some(auth) = creds.authorization {
             let token = auth
                 .strip_prefix("Bearer ")
@@ -156,6 +162,25 @@ impl Authenticator {
 }
 
 impl Authenticator {
+    /// The first authenticator: the SPIFFE ID of the (TLS-verified) client certificate.
+    fn identity_from_client_cert(&self, der: &[u8]) -> Result<SpiffeId, AuthError> {
+        let mut digest = [0u8; 32];
+        digest.copy_from_slice(aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, der).as_ref());
+        if let Ok(cache) = self.client_ids.lock()
+            && let Some(id) = cache.get(&digest)
+        {
+            return Ok(id.clone());
+        }
+        let id = from_client_cert(der)?;
+        if let Ok(mut cache) = self.client_ids.lock() {
+            if cache.len() >= TOKEN_CACHE_SIZE {
+                cache.clear();
+            }
+            cache.insert(digest, id.clone());
+        }
+        Ok(id)
+    }
+
     /// The second authenticator; the error is the reason (none: no JWT issuer is configured),
     /// for the message of the third.
     fn identity_from_jwt(
