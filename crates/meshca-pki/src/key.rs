@@ -133,6 +133,13 @@ impl PrivateKey {
                         .to_owned(),
             });
         };
+        // What the key is, read from its DER, so that a key meshca does not sign with is named
+        // rather than reported as whatever the crypto library's parser says of it.
+        let kind = key_kind(section.kind, &section.der);
+        // A PKCS#8 key under another label (a common hand-made mistake): say so.
+        let relabelled = (section.kind != Kind::Pkcs8Key)
+            .then(|| key_kind(Kind::Pkcs8Key, &section.der))
+            .flatten();
         let der: PrivateKeyDer<'_> = match section.kind {
             Kind::Pkcs1Key => PrivatePkcs1KeyDer::from(section.der).into(),
             Kind::Sec1Key => PrivateSec1KeyDer::from(section.der).into(),
@@ -142,13 +149,28 @@ impl PrivateKey {
             origin: origin.to_owned(),
             reason,
         };
-        let pair = KeyPair::try_from(&der).map_err(|e| bad(e.to_string()))?;
+        let unsupported = |kind: &str| {
+            bad(format!(
+                "{kind}, which meshca does not sign with ({SUPPORTED})"
+            ))
+        };
+        let pair = match KeyPair::try_from(&der) {
+            Ok(pair) => pair,
+            Err(e) => {
+                return Err(match (kind, relabelled) {
+                    (Some(k), _) if !is_supported_kind(&k) => unsupported(&k),
+                    (_, Some(_)) => bad(
+                        "a PKCS#8 key under a PKCS#1 or SEC1 label; label it PRIVATE KEY (istiod \
+                         and meshca read a key by its label)"
+                            .to_owned(),
+                    ),
+                    _ => bad(e.to_string()),
+                });
+            }
+        };
         let bits = public_key_bits(&pair.subject_public_key_info());
         let key_type = KeyType::from_public(pair.algorithm(), bits).ok_or_else(|| {
-            bad(format!(
-                "unsupported key ({} bits); meshca signs with RSA 2048/3072/4096 or ECDSA P-256/P-384",
-                bits
-            ))
+            unsupported(&kind.unwrap_or_else(|| format!("a {bits}-bit key of another kind")))
         })?;
         Ok(PrivateKey { pair, key_type })
     }
@@ -209,6 +231,75 @@ impl fmt::Debug for PrivateKey {
     }
 }
 
+/// The key types meshca signs with, as messages list them.
+const SUPPORTED: &str = "it signs with RSA-2048, RSA-3072, RSA-4096, ECDSA P-256 or ECDSA P-384";
+
+/// Whether a [`key_kind`] is one of [`KeyType`]'s.
+fn is_supported_kind(kind: &str) -> bool {
+    matches!(
+        kind,
+        "RSA-2048" | "RSA-3072" | "RSA-4096" | "ECDSA P-256" | "ECDSA P-384"
+    )
+}
+
+/// What a private key is (`RSA-1024`, `ECDSA P-521`, `Ed25519`, ...), read from its DER in
+/// PKCS#8, PKCS#1 or SEC1; `None` when the DER does not say.
+fn key_kind(kind: Kind, der: &[u8]) -> Option<String> {
+    use x509_parser::der_parser::ber::BerObject;
+    use x509_parser::der_parser::der::parse_der;
+
+    fn rsa(private_key: &[u8]) -> Option<String> {
+        let (_, key) = parse_der(private_key).ok()?;
+        let modulus = key.as_sequence().ok()?.get(1)?.as_slice().ok()?;
+        let start = modulus.iter().position(|b| *b != 0)?;
+        let bits = (modulus.len() - start) * 8 - modulus[start].leading_zeros() as usize;
+        Some(format!("RSA-{bits}"))
+    }
+    fn curve(oid: &str) -> String {
+        match oid {
+            "1.2.840.10045.3.1.7" => "ECDSA P-256".to_owned(),
+            "1.3.132.0.34" => "ECDSA P-384".to_owned(),
+            "1.3.132.0.35" => "ECDSA P-521".to_owned(),
+            "1.3.132.0.10" => "ECDSA secp256k1".to_owned(),
+            other => format!("an EC key on curve {other}"),
+        }
+    }
+    fn sec1(items: &[BerObject<'_>]) -> Option<String> {
+        // ECPrivateKey: version, the private key (as long as the curve's order), [0] curve.
+        let private = items.get(1)?.as_slice().ok()?;
+        Some(match private.len() {
+            32 => "ECDSA P-256".to_owned(),
+            48 => "ECDSA P-384".to_owned(),
+            66 => "ECDSA P-521".to_owned(),
+            n => format!("an EC key of {} bits", n * 8),
+        })
+    }
+
+    let (_, top) = parse_der(der).ok()?;
+    let items = top.as_sequence().ok()?;
+    match kind {
+        Kind::Pkcs1Key => rsa(der),
+        Kind::Sec1Key => sec1(items),
+        _ => {
+            // PrivateKeyInfo: version, AlgorithmIdentifier, the key as an OCTET STRING.
+            let algorithm = items.get(1)?.as_sequence().ok()?;
+            let oid = algorithm.first()?.as_oid().ok()?.to_id_string();
+            match oid.as_str() {
+                "1.2.840.113549.1.1.1" | "1.2.840.113549.1.1.10" => {
+                    rsa(items.get(2)?.as_slice().ok()?)
+                }
+                "1.2.840.10045.2.1" => {
+                    Some(curve(&algorithm.get(1)?.as_oid().ok()?.to_id_string()))
+                }
+                "1.3.101.112" => Some("Ed25519".to_owned()),
+                "1.3.101.113" => Some("Ed448".to_owned()),
+                "1.2.840.10040.4.1" => Some("DSA".to_owned()),
+                other => Some(format!("a key of algorithm {other}")),
+            }
+        }
+    }
+}
+
 /// The size in bits of the public key in a DER SubjectPublicKeyInfo (modulus bits for RSA,
 /// field bits for EC), or 0 if it cannot be read.
 pub(crate) fn public_key_bits(spki_der: &[u8]) -> usize {
@@ -261,6 +352,66 @@ mod tests {
             assert_eq!(back.key_type(), kt);
             assert_eq!(back.public_key_raw(), key.public_key_raw());
             assert_eq!(format!("{back:?}"), format!("PrivateKey({kt}, ...)"));
+        }
+    }
+
+    #[test]
+    fn keys_meshca_does_not_sign_with_are_named() {
+        let ed25519 = KeyPair::generate_for(&rcgen::PKCS_ED25519).unwrap();
+        let pem = ed25519.serialize_pem();
+        let err = PrivateKey::from_pem(pem.as_bytes(), "d/ca-key.pem")
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            err,
+            "d/ca-key.pem: not a usable private key: Ed25519, which meshca does not sign with \
+             (it signs with RSA-2048, RSA-3072, RSA-4096, ECDSA P-256 or ECDSA P-384)"
+        );
+        // An RSA-1024 key, which aws-lc-rs does not load: the PKCS#1 RSAPrivateKey below has
+        // a 1024-bit modulus and dummy values for the rest.
+        let mut modulus = vec![0x00, 0xc0];
+        modulus.extend(std::iter::repeat_n(0x11, 127));
+        let der = der_sequence(&[
+            der_integer(&[0]),
+            der_integer(&modulus),
+            der_integer(&[1, 0, 1]),
+            der_integer(&[3]),
+            der_integer(&[5]),
+            der_integer(&[7]),
+            der_integer(&[9]),
+            der_integer(&[11]),
+            der_integer(&[13]),
+        ]);
+        let pem = crate::pem::encode("RSA PRIVATE KEY", &der);
+        let err = PrivateKey::from_pem(pem.as_bytes(), "ca-key.pem")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("ca-key.pem: not a usable private key: RSA-1024, which meshca"),
+            "{err}"
+        );
+    }
+
+    fn der_integer(bytes: &[u8]) -> Vec<u8> {
+        let mut out = vec![0x02];
+        out.extend(der_length(bytes.len()));
+        out.extend_from_slice(bytes);
+        out
+    }
+
+    fn der_sequence(items: &[Vec<u8>]) -> Vec<u8> {
+        let body: Vec<u8> = items.concat();
+        let mut out = vec![0x30];
+        out.extend(der_length(body.len()));
+        out.extend(body);
+        out
+    }
+
+    fn der_length(n: usize) -> Vec<u8> {
+        match n {
+            0..=0x7f => vec![n as u8],
+            0x80..=0xff => vec![0x81, n as u8],
+            _ => vec![0x82, (n >> 8) as u8, n as u8],
         }
     }
 
