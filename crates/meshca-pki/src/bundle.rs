@@ -2,14 +2,19 @@
 //!
 //! A [`CacertsBundle`] exists only if every check passed: the files of one layout are all there,
 //! the key matches the signing certificate, the signing certificate is a CA allowed to sign,
-//! and it verifies up to a root of the root bundle at `now` with no SHA-1 on the way.
+//! and it verifies up to a root of the root bundle at `now` with no SHA-1 and no critical
+//! extension Go does not handle on the way. Beyond what istiod's loader checks, the chain
+//! handed to workloads must be the signing certificate's path in order, it must end at a
+//! self-signed root, every pathlen on it must leave room for the certificates the CA issues,
+//! and a `ca-crl.pem` must hold a CRL from every CA of `cert-chain.pem` (as istiod requires).
 
 use std::collections::BTreeMap;
 
 use time::OffsetDateTime;
 
 use crate::cert::Certificate;
-use crate::chain::{VerifiedPath, verify_path};
+use crate::chain::{VerifiedPath, check_listed_chain, verify_path};
+use crate::crl::check_crls;
 use crate::error::PkiError;
 use crate::key::PrivateKey;
 use crate::profile::CaSigner;
@@ -54,7 +59,7 @@ pub const CA_KEY: &str = "ca-key.pem";
 pub const CERT_CHAIN: &str = "cert-chain.pem";
 /// `root-cert.pem`: the root bundle, one or several roots.
 pub const ROOT_CERT: &str = "root-cert.pem";
-/// `ca-crl.pem`: an optional CRL, passed through.
+/// `ca-crl.pem`: optional CRLs, one from every CA of `cert-chain.pem` (Istio layout only).
 pub const CA_CRL: &str = "ca-crl.pem";
 /// `tls.crt` in the cert-manager layout.
 pub const TLS_CRT: &str = "tls.crt";
@@ -114,19 +119,23 @@ impl CacertsBundle {
             });
         }
         let file = |name: &str| files.get(name).map(Vec::as_slice).unwrap_or_default();
-        let (signing, intermediates, roots_name) = match layout {
+        // `listed` is the chain as it is handed to workloads: cert-chain.pem, or tls.crt.
+        let (signing, listed, intermediates, list_name, roots_name) = match layout {
             Layout::Istio => {
                 let mut signing = Certificate::all_from_pem(file(CA_CERT), &at(CA_CERT))?;
                 let first = signing.remove(0).with_origin(&at(CA_CERT));
                 let chain = Certificate::all_from_pem(file(CERT_CHAIN), &at(CERT_CHAIN))?;
                 let mut inter: Vec<Certificate> = signing;
-                inter.extend(chain);
-                (first, inter, ROOT_CERT)
+                inter.extend(chain.iter().cloned());
+                (first, chain, inter, CERT_CHAIN, ROOT_CERT)
             }
             Layout::Tls => {
                 let mut tls = Certificate::all_from_pem(file(TLS_CRT), &at(TLS_CRT))?;
                 let first = tls.remove(0).with_origin(&at(TLS_CRT));
-                (first, tls, CA_CRT)
+                let listed = std::iter::once(first.clone())
+                    .chain(tls.iter().cloned())
+                    .collect();
+                (first, listed, tls, TLS_CRT, CA_CRT)
             }
         };
         let roots = Certificate::all_from_pem(file(roots_name), &at(roots_name))?;
@@ -144,6 +153,19 @@ impl CacertsBundle {
         }
         let path = verify_path(&signing, &intermediates, &roots, now)?;
         let signer = CaSigner::new(signing, key, &at(key_name))?;
+        // What istiod's Go loader does not check, and the chains handed to workloads need.
+        check_listed_chain(
+            &listed,
+            &at(list_name),
+            signer.cert(),
+            &roots,
+            &at(roots_name),
+        )?;
+        path.check_anchor_is_root()?;
+        path.check_room_for_leaf()?;
+        if let (Layout::Istio, Some(crl)) = (layout, files.get(CA_CRL)) {
+            check_crls(crl, &at(CA_CRL), &listed, &at(CERT_CHAIN))?;
+        }
         Ok(CacertsBundle {
             layout,
             signer,

@@ -18,6 +18,27 @@ const NETSCAPE_SGC: &str = "2.16.840.1.113730.4.1";
 /// Microsoft Server Gated Crypto, likewise.
 const MICROSOFT_SGC: &str = "1.3.6.1.4.1.311.10.3.3";
 
+/// The extensions Go's `crypto/x509` handles, and so may be critical on a certificate it
+/// verifies (`processExtensions` in its parser): keyUsage, basicConstraints, subjectAltName,
+/// nameConstraints, cRLDistributionPoints, authorityKeyIdentifier, policyConstraints,
+/// extendedKeyUsage, certificatePolicies, policyMappings and inhibitAnyPolicy. Go refuses a
+/// critical subjectKeyIdentifier or authorityInfoAccess outright (RFC 5280 forbids marking them
+/// critical), so they are not here. subjectAltName and nameConstraints count only for the name
+/// forms Go reads (see [`critical_extension_handled`]).
+const GO_HANDLED_EXTENSIONS: &[&str] = &[
+    "2.5.29.15",
+    "2.5.29.19",
+    "2.5.29.17",
+    "2.5.29.30",
+    "2.5.29.31",
+    "2.5.29.35",
+    "2.5.29.36",
+    "2.5.29.37",
+    "2.5.29.32",
+    "2.5.29.33",
+    "2.5.29.54",
+];
+
 /// A parsed-once X.509 certificate.
 ///
 /// A value exists only if its DER parsed; the facts below are read at construction.
@@ -278,6 +299,31 @@ impl Certificate {
         }
     }
 
+    /// The OIDs of the critical extensions that Go's verifier (and so istiod, and every Go peer
+    /// of a workload) does not handle, in the certificate's order.
+    pub fn unhandled_critical_extensions(&self) -> Vec<String> {
+        self.x509()
+            .extensions()
+            .iter()
+            .filter(|e| e.critical && !critical_extension_handled(e))
+            .map(|e| e.oid.to_id_string())
+            .collect()
+    }
+
+    /// Refuses a certificate with a critical extension that Go's verifier does not handle: RFC
+    /// 5280 (section 4.2) says a verifier must then reject the certificate, and Go, BoringSSL
+    /// (Envoy) and OpenSSL all do, on every certificate of a chain, the root included.
+    pub fn check_critical_extensions(&self) -> Result<(), PkiError> {
+        match self.unhandled_critical_extensions().into_iter().next() {
+            None => Ok(()),
+            Some(oid) => Err(PkiError::UnhandledCriticalExtension {
+                origin: self.origin.clone(),
+                subject: self.subject.clone(),
+                oid,
+            }),
+        }
+    }
+
     /// Whether `key` is the private half of this certificate's public key.
     pub fn matches_key(&self, key: &PrivateKey) -> bool {
         self.public_key_raw == key.public_key_raw()
@@ -345,6 +391,34 @@ impl fmt::Debug for Certificate {
             .field("subject", &self.subject)
             .field("not_after", &self.not_after)
             .finish_non_exhaustive()
+    }
+}
+
+/// Whether Go's verifier handles a (critical) extension: it is one of
+/// [`GO_HANDLED_EXTENSIONS`], and a subjectAltName holds a name Go reads (DNS, email, IP or URI),
+/// and a nameConstraints constrains only those forms.
+fn critical_extension_handled(ext: &x509_parser::extensions::X509Extension<'_>) -> bool {
+    let go_reads = |n: &GeneralName<'_>| {
+        matches!(
+            n,
+            GeneralName::DNSName(_)
+                | GeneralName::RFC822Name(_)
+                | GeneralName::IPAddress(_)
+                | GeneralName::URI(_)
+        )
+    };
+    if !GO_HANDLED_EXTENSIONS.contains(&ext.oid.to_id_string().as_str()) {
+        return false;
+    }
+    match ext.parsed_extension() {
+        ParsedExtension::SubjectAlternativeName(san) => san.general_names.iter().any(go_reads),
+        ParsedExtension::NameConstraints(nc) => nc
+            .permitted_subtrees
+            .iter()
+            .chain(nc.excluded_subtrees.iter())
+            .flatten()
+            .all(|t| go_reads(&t.base)),
+        _ => true,
     }
 }
 

@@ -2,8 +2,8 @@
 //!
 //! It checks what istiod (Go's verifier) checks on a cacerts bundle and on workload chains:
 //! names chain, each signature verifies, every certificate is inside its validity window at
-//! `now`, issuers are CAs allowed to sign certificates, pathlen holds, and no SHA-1 signature is
-//! trusted below a root. Unlike webpki it also accepts a CA certificate as the path's start, which
+//! `now`, issuers are CAs allowed to sign certificates, pathlen holds, no certificate has a
+//! critical extension Go does not handle, and no SHA-1 signature is trusted below a root. Unlike webpki it also accepts a CA certificate as the path's start, which
 //! is what checking an intermediate against its root needs. Work is bounded against hostile input.
 
 use time::OffsetDateTime;
@@ -42,6 +42,29 @@ impl VerifiedPath {
             .unwrap_or(OffsetDateTime::UNIX_EPOCH)
     }
 
+    /// Checks that a certificate issued by the path's start would still verify: every CA above
+    /// the start must allow, by its pathlen, the CAs between it and that new certificate. Go
+    /// does not count the start itself when it verifies a CA, so a root with pathlen:0 above an
+    /// intermediate passes `verify_path` and then fails every workload chain.
+    pub fn check_room_for_leaf(&self) -> Result<(), PkiError> {
+        check_room_for_leaf(&self.certs)
+    }
+
+    /// Checks that the path ends at a root: a self-signed certificate. A root bundle that holds
+    /// an intermediate instead makes Go (which trusts whatever its pool holds) accept the chain,
+    /// but peers that verify up to a self-signed anchor (OpenSSL, BoringSSL) refuse it.
+    pub fn check_anchor_is_root(&self) -> Result<(), PkiError> {
+        let root = self.root();
+        if root.is_self_issued() && root.check_signed_by(root).is_ok() {
+            return Ok(());
+        }
+        Err(PkiError::AnchorNotARoot {
+            origin: root.origin().to_owned(),
+            subject: root.subject().to_owned(),
+            issuer: root.issuer().to_owned(),
+        })
+    }
+
     /// Checks extended key usage along the path as Go's `x509.Verify` does when asked for
     /// serverAuth (which is how istiod verifies its `cacerts`): every certificate that lists
     /// usages, the root included, must allow serverAuth. Certificates without the extension
@@ -55,6 +78,95 @@ impl VerifiedPath {
             }),
         }
     }
+}
+
+/// Where a chain file that is in order ends.
+#[derive(Clone, Copy, Debug)]
+pub enum ChainEnd<'a> {
+    /// At a root of the root bundle.
+    AtRoot(&'a Certificate),
+    /// At a certificate that this root of the root bundle signed.
+    BelowRoot(&'a Certificate),
+}
+
+/// Checks a chain file as it is handed to workloads (`cert-chain.pem`, or `tls.crt`):
+/// `listed` starts with the signing certificate, each certificate is signed by the next, and it
+/// ends at a self-signed root of `roots` or at a certificate one of them signed. So no
+/// certificate off the path, and no other CA's chain, goes to the peers. The one rule of
+/// `meshca serve`'s refusal and of `meshca check`.
+pub fn check_listed_chain<'a>(
+    listed: &[Certificate],
+    list_file: &str,
+    signing: &Certificate,
+    roots: &'a [Certificate],
+    roots_file: &str,
+) -> Result<ChainEnd<'a>, PkiError> {
+    let fail = |reason: String| PkiError::ChainFile {
+        file: list_file.to_owned(),
+        reason,
+    };
+    let (Some(first), Some(top)) = (listed.first(), listed.last()) else {
+        return Err(fail("holds no certificate".to_owned()));
+    };
+    if first != signing {
+        return Err(fail(format!(
+            "starts with \"{}\", not with the signing certificate \"{}\"",
+            first.subject(),
+            signing.subject()
+        )));
+    }
+    for pair in listed.windows(2) {
+        if let Err(e) = pair[0].check_signed_by(&pair[1]) {
+            return Err(fail(format!("out of order or incomplete: {e}")));
+        }
+    }
+    if let Some(root) = roots.iter().find(|r| *r == top) {
+        if !(root.is_self_issued() && root.check_signed_by(root).is_ok()) {
+            return Err(fail(format!(
+                "ends at \"{}\", which {roots_file} holds but which is not a root (issued by \"{}\")",
+                top.subject(),
+                top.issuer()
+            )));
+        }
+        return Ok(ChainEnd::AtRoot(root));
+    }
+    if top.is_self_issued() {
+        return Err(fail(format!(
+            "ends at \"{}\", a root that is not in {roots_file}",
+            top.subject()
+        )));
+    }
+    match roots.iter().find(|r| top.check_signed_by(r).is_ok()) {
+        Some(root) => Ok(ChainEnd::BelowRoot(root)),
+        None => Err(fail(format!(
+            "ends at \"{}\" (issued by \"{}\"), which no root of {roots_file} signed",
+            top.subject(),
+            top.issuer()
+        ))),
+    }
+}
+
+/// Checks that a certificate issued by `path[0]` would still verify against the pathlen of every
+/// CA on `path` (from the start certificate up to its root): the one rule of `meshca serve`'s
+/// refusal and of `meshca check`.
+pub fn check_room_for_leaf(path: &[Certificate]) -> Result<(), PkiError> {
+    for (i, issuer) in path.iter().enumerate().skip(1) {
+        let Some(limit) = issuer.path_len() else {
+            continue;
+        };
+        // The new certificate is the leaf; the CAs between it and `issuer` are path[..i] less
+        // the self-issued ones, which RFC 5280 does not count.
+        let between = path[..i].iter().filter(|c| !c.is_self_issued()).count();
+        if between > limit as usize {
+            return Err(PkiError::NoRoomForLeaf {
+                origin: issuer.origin().to_owned(),
+                subject: issuer.subject().to_owned(),
+                limit,
+                between,
+            });
+        }
+    }
+    Ok(())
 }
 
 /// Verifies that `start` chains to one of `roots` at `now`, using `intermediates` as needed.
@@ -71,6 +183,7 @@ pub fn verify_path(
         });
     }
     start.check_validity(now)?;
+    start.check_critical_extensions()?;
     if roots.contains(start) {
         return Ok(VerifiedPath {
             certs: vec![start.clone()],
@@ -159,6 +272,7 @@ impl Search<'_> {
         is_root: bool,
     ) -> Result<(), PkiError> {
         child.check_signed_by(issuer)?;
+        issuer.check_critical_extensions()?;
         if !issuer.is_ca() {
             return Err(PkiError::NotACa {
                 origin: issuer.origin().to_owned(),
@@ -206,8 +320,9 @@ mod tests {
     #![allow(clippy::unwrap_used)] // tests panic on setup failures by design
 
     use rcgen::{
-        BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose,
-        IsCa, Issuer, KeyPair, KeyUsagePurpose,
+        BasicConstraints, CertificateParams, CustomExtension, DistinguishedName, DnType,
+        ExtendedKeyUsagePurpose, GeneralSubtree, IsCa, Issuer, KeyPair, KeyUsagePurpose,
+        NameConstraints,
     };
     use time::Duration;
 
@@ -271,5 +386,152 @@ mod tests {
                 .starts_with("root-cert.pem: extended key usage (clientAuth, codeSigning)"),
             "{err}"
         );
+    }
+
+    /// A root made from `root_params`, and an intermediate made from `ca_params` below it.
+    fn pair(root_params: &CertificateParams, ca: &CertificateParams) -> (Certificate, Certificate) {
+        let root_key = KeyPair::generate().unwrap();
+        let root = root_params.self_signed(&root_key).unwrap();
+        let ca = ca
+            .signed_by(
+                &KeyPair::generate().unwrap(),
+                &Issuer::from_params(root_params, &root_key),
+            )
+            .unwrap();
+        (
+            Certificate::from_der(root.der().to_vec(), "root-cert.pem").unwrap(),
+            Certificate::from_der(ca.der().to_vec(), "ca-cert.pem").unwrap(),
+        )
+    }
+
+    fn critical(oid: &[u64], content: Vec<u8>) -> CustomExtension {
+        let mut e = CustomExtension::from_oid_content(oid, content);
+        e.set_criticality(true);
+        e
+    }
+
+    #[test]
+    fn a_critical_extension_go_does_not_handle_is_refused_anywhere_on_the_path() {
+        let now = OffsetDateTime::now_utc();
+        let unknown = || critical(&[1, 3, 6, 1, 4, 1, 55555, 1], vec![0x05, 0x00]);
+        let mut ca = ca_params("ca", &[]);
+        ca.custom_extensions.push(unknown());
+        let (root, ca) = pair(&ca_params("root", &[]), &ca);
+        assert_eq!(ca.unhandled_critical_extensions(), ["1.3.6.1.4.1.55555.1"]);
+        let err = verify_path(&ca, &[], &[root], now).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "ca-cert.pem (\"CN=ca\"): critical extension 1.3.6.1.4.1.55555.1 is not one that \
+             Go's verifier (istiod) or Envoy handles; they refuse the certificate (RFC 5280, \
+             section 4.2)"
+        );
+        // On the root as well: Go checks every certificate it puts on a chain.
+        let mut root = ca_params("root", &[]);
+        root.custom_extensions.push(unknown());
+        let (root, ca) = pair(&root, &ca_params("ca", &[]));
+        let err = verify_path(&ca, &[], std::slice::from_ref(&root), now).unwrap_err();
+        assert!(
+            err.to_string()
+                .starts_with("root-cert.pem (\"CN=root\"): critical extension")
+        );
+        // The root alone, as the signing certificate, too.
+        assert!(verify_path(&root, &[], std::slice::from_ref(&root), now).is_err());
+    }
+
+    #[test]
+    fn critical_extensions_go_handles_are_accepted() {
+        // Critical nameConstraints on DNS names and a critical certificatePolicies (anyPolicy)
+        // on the intermediate: Go reads both, so they must not be refused.
+        let mut ca = ca_params("ca", &[]);
+        ca.name_constraints = Some(NameConstraints {
+            permitted_subtrees: Vec::new(),
+            excluded_subtrees: vec![GeneralSubtree::DnsName("example.com".to_owned())],
+        });
+        ca.custom_extensions.push(critical(
+            &[2, 5, 29, 32],
+            vec![0x30, 0x06, 0x30, 0x04, 0x06, 0x02, 0x55, 0x1d],
+        ));
+        let (root, ca) = pair(&ca_params("root", &[]), &ca);
+        assert!(ca.unhandled_critical_extensions().is_empty());
+        verify_path(&ca, &[], &[root], OffsetDateTime::now_utc()).unwrap();
+        // A name form Go does not read (a directoryName) leaves nameConstraints unhandled.
+        let mut dn = DistinguishedName::new();
+        dn.push(DnType::OrganizationName, "Test");
+        let mut ca = ca_params("ca", &[]);
+        ca.name_constraints = Some(NameConstraints {
+            permitted_subtrees: vec![GeneralSubtree::DirectoryName(dn)],
+            excluded_subtrees: Vec::new(),
+        });
+        let (_, ca) = pair(&ca_params("root", &[]), &ca);
+        assert_eq!(ca.unhandled_critical_extensions(), ["2.5.29.30"]);
+    }
+
+    #[test]
+    fn a_root_whose_pathlen_leaves_no_room_for_workloads_is_refused() {
+        let mut root = ca_params("root", &[]);
+        root.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+        let (root, ca) = pair(&root, &ca_params("ca", &[]));
+        // Go, and verify_path, accept the intermediate itself...
+        let path = verify_path(&ca, &[], &[root], OffsetDateTime::now_utc()).unwrap();
+        // ...but not a certificate it issues.
+        let err = path.check_room_for_leaf().unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "root-cert.pem (\"CN=root\") has pathlen:0, but 1 CA(s) would sit between it and \
+             every certificate the signing certificate issues, so no such chain verifies"
+        );
+        path.check_anchor_is_root().unwrap();
+    }
+
+    #[test]
+    fn a_chain_file_must_be_the_path_in_order() {
+        let (root, ca) = pair(&ca_params("root", &[]), &ca_params("ca", &[]));
+        let roots = std::slice::from_ref(&root);
+        let check = |listed: &[Certificate]| {
+            check_listed_chain(listed, "cert-chain.pem", &ca, roots, "root-cert.pem")
+                .map(|_| ())
+                .map_err(|e| e.to_string())
+        };
+        check(&[ca.clone(), root.clone()]).unwrap();
+        check(std::slice::from_ref(&ca)).unwrap();
+        let reversed = check(&[root.clone(), ca.clone()]).unwrap_err();
+        assert_eq!(
+            reversed,
+            "cert-chain.pem: starts with \"CN=root\", not with the signing certificate \"CN=ca\""
+        );
+        let (other_root, other_ca) = pair(&ca_params("root", &[]), &ca_params("other", &[]));
+        let padded = check(&[ca.clone(), root.clone(), other_ca.clone()]).unwrap_err();
+        assert!(
+            padded.starts_with("cert-chain.pem: out of order or incomplete: "),
+            "{padded}"
+        );
+        // The same names under another root: its signature gives it away.
+        let foreign = check(&[ca.clone(), other_root]).unwrap_err();
+        assert!(
+            foreign.starts_with("cert-chain.pem: out of order or incomplete: "),
+            "{foreign}"
+        );
+        // A root bundle holding the signing certificate rather than a root.
+        let err = check_listed_chain(
+            std::slice::from_ref(&ca),
+            "cert-chain.pem",
+            &ca,
+            std::slice::from_ref(&ca),
+            "root-cert.pem",
+        )
+        .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "cert-chain.pem: ends at \"CN=ca\", which root-cert.pem holds but which is not a root \
+             (issued by \"CN=root\")"
+        );
+        let path = verify_path(
+            &ca,
+            &[],
+            std::slice::from_ref(&ca),
+            OffsetDateTime::now_utc(),
+        )
+        .unwrap();
+        assert!(path.check_anchor_is_root().is_err());
     }
 }

@@ -114,6 +114,75 @@ pub enum PkiError {
         /// the usages it lists
         usages: Vec<String>,
     },
+    /// A certificate carries a critical extension that Go's verifier does not handle, so Go,
+    /// BoringSSL (Envoy) and OpenSSL refuse every chain through it (RFC 5280, section 4.2).
+    #[error(
+        "{origin} (\"{subject}\"): critical extension {oid} is not one that Go's verifier (istiod) or Envoy handles; they refuse the certificate (RFC 5280, section 4.2)"
+    )]
+    UnhandledCriticalExtension {
+        /// the certificate
+        origin: String,
+        /// its subject
+        subject: String,
+        /// the extension's OID, dotted
+        oid: String,
+    },
+    /// A chain file (`cert-chain.pem`, `tls.crt`) is not the signing certificate's path in
+    /// order: it is out of order, incomplete, padded with another certificate or another CA's.
+    #[error("{file}: {reason}")]
+    ChainFile {
+        /// the chain file
+        file: String,
+        /// what is wrong with it
+        reason: String,
+    },
+    /// A CRL file could not be read as CRLs.
+    #[error("{origin}: not a valid CRL: {reason}")]
+    BadCrl {
+        /// the CRL file (and the CRL's place in it)
+        origin: String,
+        /// why it was refused
+        reason: String,
+    },
+    /// A CRL file lacks a CRL from some CA of the chain.
+    #[error(
+        "{origin}: no CRL signed by {} of {chain_file}; istiod (PILOT_ENABLE_CA_CRL) and Envoy need one from every CA of the chain",
+        .missing.iter().map(|s| format!("\"{s}\"")).collect::<Vec<_>>().join(", ")
+    )]
+    MissingCrl {
+        /// the CRL file
+        origin: String,
+        /// the chain file whose CAs need CRLs
+        chain_file: String,
+        /// the subjects of the CAs without a CRL
+        missing: Vec<String>,
+    },
+    /// A CA's pathlen leaves no room for the certificates the signing certificate issues.
+    #[error(
+        "{origin} (\"{subject}\") has pathlen:{limit}, but {between} CA(s) would sit between it and every certificate the signing certificate issues, so no such chain verifies"
+    )]
+    NoRoomForLeaf {
+        /// the CA whose pathlen is too small
+        origin: String,
+        /// its subject
+        subject: String,
+        /// its pathlen
+        limit: u32,
+        /// the CAs between it and an issued certificate
+        between: usize,
+    },
+    /// A path ends at a certificate of the root bundle that is not self-signed.
+    #[error(
+        "{origin} (\"{subject}\", issued by \"{issuer}\") is not a root (not self-signed): peers that verify up to a self-signed root (OpenSSL, BoringSSL in Envoy) cannot verify the chains"
+    )]
+    AnchorNotARoot {
+        /// the certificate
+        origin: String,
+        /// its subject
+        subject: String,
+        /// its issuer
+        issuer: String,
+    },
     /// A lifetime that is zero or negative.
     #[error("{field} must be at least 1 day, got {days}")]
     BadLifetime {

@@ -9,6 +9,7 @@
 pub mod bundle;
 pub mod cert;
 pub mod chain;
+pub mod crl;
 pub mod csr;
 pub mod describe;
 pub mod error;
@@ -20,7 +21,7 @@ pub mod spiffe;
 
 pub use bundle::{BundleFiles, CacertsBundle, Layout};
 pub use cert::Certificate;
-pub use chain::{VerifiedPath, verify_path};
+pub use chain::{ChainEnd, VerifiedPath, check_listed_chain, check_room_for_leaf, verify_path};
 pub use csr::{CertificateRequest, make_csr_pem};
 pub use error::PkiError;
 pub use key::{KeyType, PrivateKey};

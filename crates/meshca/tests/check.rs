@@ -381,17 +381,50 @@ fn a_short_lived_root_warns_then_fails_against_the_thresholds() {
 }
 
 #[test]
-fn an_intermediate_outliving_its_root_fails() {
+fn an_intermediate_outliving_its_root_warns() {
     let t = world();
     let d = t.path();
     // meshca's root lives 3650 days; openssl does not stop an intermediate from outliving it.
+    // The chain still verifies until the root's end: a warning, and check exits 0.
     openssl_bundle(d, "long", P256, GOOD_CA_EXT, &["-days", "7300"]);
-    let out = meshca(d, &["check", "long"]).failed();
+    let out = meshca(d, &["check", "long"]).ok();
     assert_eq!(
         not_passing(&out.stdout),
-        ["✘ no certificate outlives its root"],
+        ["⚠ no certificate outlives its root"],
         "{}",
         out.stdout
+    );
+}
+
+#[test]
+fn an_unknown_critical_extension_fails_as_openssl_refuses_it() {
+    let t = world();
+    let d = t.path();
+    let ext = format!("{GOOD_CA_EXT}1.3.6.1.4.1.55555.1 = critical, ASN1:NULL\n");
+    openssl_bundle(d, "critical", P256, &ext, YEAR);
+    let out = meshca(d, &["check", "critical"]).failed();
+    assert_eq!(
+        not_passing(&out.stdout),
+        ["✘ signing certificate verifies to a root"],
+        "{}",
+        out.stdout
+    );
+    assert!(
+        out.stdout
+            .contains("critical extension 1.3.6.1.4.1.55555.1 is not one that Go's verifier"),
+        "{}",
+        out.stdout
+    );
+    // The independent verdict: OpenSSL refuses the certificate too.
+    let openssl_out = openssl(
+        &d.join("critical"),
+        ["verify", "-CAfile", "root-cert.pem", "ca-cert.pem"],
+    )
+    .failed();
+    assert!(
+        format!("{}{}", openssl_out.stdout, openssl_out.stderr)
+            .contains("unhandled critical extension"),
+        "{openssl_out:?}"
     );
 }
 

@@ -16,7 +16,8 @@ mod report;
 #[cfg(test)]
 mod tests;
 
-use meshca_pki::bundle::Layout;
+use meshca_pki::bundle::{CA_CRL, CERT_CHAIN, Layout};
+use meshca_pki::crl::check_crls;
 use meshca_pki::error::show_time;
 use meshca_pki::{BundleFiles, Certificate, verify_path};
 use time::OffsetDateTime;
@@ -144,7 +145,10 @@ fn inspect(dir: &str, files: &BundleFiles, o: &CheckOptions, now: OffsetDateTime
             let list_file = names.chain.unwrap_or(names.signing);
             out.push(chain_order(&listed, list_file, signing, roots, names.roots));
         }
-        out.push(match verify_path(signing, &pool, roots, now) {
+        // The anchor must be a root, as `meshca serve` requires (meshca-pki's rule).
+        let verification = verify_path(signing, &pool, roots, now)
+            .and_then(|path| path.check_anchor_is_root().map(|()| path));
+        out.push(match verification {
             Ok(path) => {
                 let detail = format!(
                     "\"{}\" chains to root \"{}\" ({}), all valid until {}",
@@ -192,6 +196,9 @@ fn inspect(dir: &str, files: &BundleFiles, o: &CheckOptions, now: OffsetDateTime
         out.push(signature_digest(&all, roots.unwrap_or_default()));
         out.push(key_strength(&all, now));
     }
+    if let (Layout::Istio, Some(crl), Some(chain)) = (layout, files.get(CA_CRL), &m.chain_file) {
+        out.push(crl_coverage(crl, chain));
+    }
     Inspected {
         report: report(out),
         trust: m.signing.zip(m.roots).map(|(signing, roots)| Trust {
@@ -199,6 +206,30 @@ fn inspect(dir: &str, files: &BundleFiles, o: &CheckOptions, now: OffsetDateTime
             chain: pool,
             roots,
         }),
+    }
+}
+
+/// Check 13, in the Istio layout when `ca-crl.pem` is there (istiod reads it only then): the
+/// rule is meshca-pki's, the one `meshca serve` refuses a bundle by.
+fn crl_coverage(crl: &[u8], chain: &[Certificate]) -> Finding {
+    match check_crls(crl, CA_CRL, chain, CERT_CHAIN) {
+        Ok(c) if c.crls == 0 => Finding::pass(
+            CheckName::Crl,
+            format!("{CA_CRL} is empty: istiod ignores it"),
+        ),
+        Ok(c) => Finding::pass(
+            CheckName::Crl,
+            format!(
+                "{CA_CRL}: {}, covering {}",
+                counted(c.crls, "CRL"),
+                c.signers
+                    .iter()
+                    .map(|s| format!("\"{s}\""))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        ),
+        Err(e) => Finding::fail(CheckName::Crl, e.to_string()),
     }
 }
 

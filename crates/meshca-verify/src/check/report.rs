@@ -48,6 +48,8 @@ pub enum CheckName {
     SignatureDigest,
     /// Every key is strong enough.
     KeyStrength,
+    /// `ca-crl.pem`, when there is one, holds a CRL from every CA of `cert-chain.pem`.
+    Crl,
     /// All bundles share one root (across bundles).
     SharedRoot,
 }
@@ -69,6 +71,7 @@ impl CheckName {
             CheckName::FitForSigning => "signing certificate can sign workload certificates",
             CheckName::SignatureDigest => "no SHA-1 or MD5 signature below the root",
             CheckName::KeyStrength => "keys are strong enough",
+            CheckName::Crl => "ca-crl.pem has a CRL from every CA of the chain",
             CheckName::SharedRoot => "bundles share one root",
         }
     }
@@ -108,6 +111,10 @@ impl Finding {
 
     pub(super) fn pass(name: CheckName, detail: impl Into<String>) -> Self {
         Self::new(name, Level::Pass, detail)
+    }
+
+    pub(super) fn warn(name: CheckName, detail: impl Into<String>) -> Self {
+        Self::new(name, Level::Warn, detail)
     }
 
     pub(super) fn fail(name: CheckName, detail: impl Into<String>) -> Self {
