@@ -286,11 +286,13 @@ pub fn definition(flavor: Flavor) -> CustomResourceDefinition {
                         ".status.rotationPhase",
                         "The root rotation's phase, or idle",
                     ),
+                    // A string, not a date: kubectl shows a date column as an age, and a time
+                    // to come (this one always is) as <invalid>.
                     column(
                         "Next Rotation",
-                        "date",
+                        "string",
                         ".status.nextRotation",
-                        "When the next renewal or rotation step falls due",
+                        "When the next renewal or rotation step falls due (RFC 3339)",
                     ),
                     column(
                         "Age",

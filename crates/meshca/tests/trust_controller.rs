@@ -231,6 +231,12 @@ fn the_seeds_policy_applied_with_kubectl_is_reconciled_reported_and_kept() {
     for col in ["READY", "PHASE", "NEXT ROTATION", "AGE", "2/2", "idle"] {
         assert!(table.contains(col), "{col} not in\n{table}");
     }
+    // The next rotation is a time to come, shown as the time itself.
+    let next = policy_field(&cp, GLOO, rtp, "{.status.nextRotation}");
+    assert!(
+        !next.is_empty() && table.contains(&next) && !table.contains("<invalid>"),
+        "{next:?} in\n{table}"
+    );
     let events = cp.kubectl_ok([
         "--context",
         "mgmt",
