@@ -5,6 +5,7 @@
 #![forbid(unsafe_code)]
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+pub mod cfssl;
 pub mod istio;
 pub mod kube;
 
@@ -30,6 +31,28 @@ spec:
       secretRef:
         name: my-root-trust-policy.gloo-mesh
         namespace: gloo-mesh
+";
+
+/// A generated root of ten days, rotated by itself at half its life, with no propagation
+/// allowance; intermediates of eight days and one-hour workload certificates: a root rotation
+/// whose phases a fake clock walks through in hours, each certificate it makes valid for days.
+pub const ROTATING_ROOT_POLICY: &str = "apiVersion: trust.meshca/v1alpha1
+kind: RootTrustPolicy
+metadata:
+  name: mesh
+  namespace: gloo-mesh
+spec:
+  config:
+    mgmtServerCa:
+      generated:
+        ttlDays: 10
+    rootRotation:
+      gracePeriodRatio: 0.5
+      propagationMinutes: 0
+    intermediateCertOptions:
+      ttlDays: 8
+      keyType: ecdsa-p256
+      workloadCertTtlHours: 1
 ";
 
 /// A policy with a root meshca generates and keeps in the management cluster (a year), and

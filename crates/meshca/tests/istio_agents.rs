@@ -18,6 +18,7 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use meshca_pki::Certificate;
+use meshca_testkit::cfssl::Cfssl;
 use meshca_testkit::istio::{AgentConfig, Istiod, PilotAgent, install_istio_base, listeners_of};
 use meshca_testkit::kube::ControlPlane;
 use meshca_testkit::{pem_blocks, run_in};
@@ -327,36 +328,6 @@ spec:
       rsaKeySizeBytes: 2048
 ";
 
-/// meshca's own schema: a generated root and ECDSA P-256 intermediates.
-const MESHCA_POLICY: &str = "apiVersion: trust.meshca/v1alpha1
-kind: RootTrustPolicy
-metadata:
-  name: mesh
-  namespace: gloo-mesh
-spec:
-  config:
-    mgmtServerCa:
-      generated:
-        ttlDays: 365
-    intermediateCertOptions:
-      ttlDays: 30
-      keyType: ecdsa-p256
-";
-
-/// cfssl's signing config for the external signer: a profile issuing CA certificates.
-const CFSSL_CONFIG: &str = r#"{
-  "signing": {
-    "default": { "expiry": "24h", "usages": ["digital signature"] },
-    "profiles": {
-      "intermediate": {
-        "expiry": "720h",
-        "usages": ["digital signature", "cert sign", "crl sign"],
-        "ca_constraint": { "is_ca": true, "max_path_len": 0, "max_path_len_zero": true }
-      }
-    }
-  }
-}"#;
-
 /// `meshca trust apply` of `policy` over a folder store holding `mgmt` and `cluster1`; returns
 /// cluster1's cacerts folder.
 fn trust_bundle(d: &Path, policy: &str) -> PathBuf {
@@ -376,58 +347,18 @@ fn trust_bundle(d: &Path, policy: &str) -> PathBuf {
 
 /// A cluster1 intermediate signed by Debian's real `cfssl serve` (the root's key stays in cfssl)
 /// through `meshca trust`'s external signer; returns cluster1's cacerts folder and the signer.
-fn cfssl_bundle(d: &Path) -> (PathBuf, Proc) {
+fn cfssl_bundle(d: &Path) -> (PathBuf, Cfssl) {
     certs(
         &d.join("root"),
         &["root-ca"],
         &[("ROOTCA_KEY_TYPE", "ecdsa-p256")],
     );
-    fs::write(d.join("cfssl.json"), CFSSL_CONFIG).unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let mut cmd = Command::new("cfssl");
-    cmd.args(["serve", "-address", "127.0.0.1", "-port"])
-        .arg(port.to_string())
-        .args([
-            "-ca",
-            "root/root-cert.pem",
-            "-ca-key",
-            "root/root-key.pem",
-            "-config",
-            "cfssl.json",
-        ]);
-    let cfssl = Proc::start(d, "cfssl", cmd);
-    let pid = cfssl.child.id();
-    let start = Instant::now();
-    while !listeners_of(pid).iter().any(|l| l.port == port) {
-        assert!(
-            start.elapsed() < Duration::from_secs(20),
-            "cfssl serve does not listen: {}",
-            cfssl.log()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let policy = format!(
-        "apiVersion: trust.meshca/v1alpha1
-kind: RootTrustPolicy
-metadata:
-  name: external
-  namespace: gloo-mesh
-spec:
-  config:
-    externalSigner:
-      cfssl:
-        url: http://127.0.0.1:{port}
-        profile: intermediate
-    intermediateCertOptions:
-      ttlDays: 20
-      keyType: ecdsa-p256
-"
+    let cfssl = Cfssl::start(
+        d,
+        Path::new("root/root-cert.pem"),
+        Path::new("root/root-key.pem"),
     );
-    (trust_bundle(d, &policy), cfssl)
+    (trust_bundle(d, &cfssl.policy(20)), cfssl)
 }
 
 #[test]
@@ -466,7 +397,10 @@ fn istiod_loads_every_kind_of_bundle_meshca_writes_and_issues_from_it() {
     ));
     bundles.push((
         "meshca trust, ECDSA P-256 intermediate",
-        trust_bundle(&d.join("trust-meshca"), MESHCA_POLICY),
+        trust_bundle(
+            &d.join("trust-meshca"),
+            meshca_testkit::GENERATED_ROOT_POLICY,
+        ),
     ));
     let (cfssl_bundle, _cfssl) = cfssl_bundle(&d.join("trust-cfssl"));
     bundles.push(("meshca trust, cfssl external signer", cfssl_bundle));
@@ -508,27 +442,6 @@ fn istiod_loads_every_kind_of_bundle_meshca_writes_and_issues_from_it() {
     }
 }
 
-/// A root of ten days rotated at half its life, intermediates of eight days, one-hour workloads,
-/// no propagation allowance: a rotation whose phases a fake clock walks through in hours.
-const ROTATING_POLICY: &str = "apiVersion: trust.meshca/v1alpha1
-kind: RootTrustPolicy
-metadata:
-  name: mesh
-  namespace: gloo-mesh
-spec:
-  config:
-    mgmtServerCa:
-      generated:
-        ttlDays: 10
-    rootRotation:
-      gracePeriodRatio: 0.5
-      propagationMinutes: 0
-    intermediateCertOptions:
-      ttlDays: 8
-      keyType: ecdsa-p256
-      workloadCertTtlHours: 1
-";
-
 /// The DER of each certificate in a PEM file, in order.
 fn ders(path: &Path) -> Vec<Vec<u8>> {
     certificates(&fs::read_to_string(path).unwrap_or_default())
@@ -542,10 +455,16 @@ fn ders(path: &Path) -> Vec<Vec<u8>> {
 fn agent_has(out: &Path, cacerts: &Path) -> bool {
     let chain = ders(&out.join("cert-chain.pem"));
     let ca = ders(&cacerts.join("ca-cert.pem"));
+    // The roots as a set: their order in a bundle means nothing to a peer.
+    let roots = |p: &Path| {
+        let mut r = ders(p);
+        r.sort();
+        r
+    };
     chain.len() >= 2
         && ca.len() == 1
         && chain[1] == ca[0]
-        && ders(&out.join("root-cert.pem")) == ders(&cacerts.join("root-cert.pem"))
+        && roots(&out.join("root-cert.pem")) == roots(&cacerts.join("root-cert.pem"))
 }
 
 /// `openssl verify` of `from`'s leaf, with its intermediate as untrusted, against `to`'s
@@ -587,7 +506,7 @@ fn real_agents_on_meshca_serve_and_istiod_trust_each_other_through_a_root_rotati
     for c in ["mgmt", "cluster1", "cluster2"] {
         fs::create_dir_all(d.join("store").join(c)).unwrap();
     }
-    fs::write(d.join("policy.yaml"), ROTATING_POLICY).unwrap();
+    fs::write(d.join("policy.yaml"), meshca_testkit::ROTATING_ROOT_POLICY).unwrap();
 
     // The manager's clock starts in the past, so that every phase's time is still behind the
     // real clock the CA servers check validity with.

@@ -17,7 +17,6 @@
 use std::collections::BTreeMap;
 use std::fs;
 use std::io::{BufRead, BufReader};
-use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
@@ -25,6 +24,7 @@ use std::time::{Duration, Instant};
 
 use base64::Engine;
 use meshca_pki::{CaProfile, KeyType, PrivateKey, Subject};
+use meshca_testkit::cfssl::Cfssl;
 use meshca_testkit::{Run, openssl, pem_blocks, run_in};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
@@ -356,20 +356,6 @@ fn meshca_trust_rows(t: &Path, table: &mut Table) {
     }
 }
 
-/// cfssl's signing config: one CA-issuing profile without an auth key.
-const CFSSL_CONFIG: &str = r#"{
-  "signing": {
-    "default": { "expiry": "24h", "usages": ["digital signature"] },
-    "profiles": {
-      "intermediate": {
-        "expiry": "720h",
-        "usages": ["digital signature", "cert sign", "crl sign"],
-        "ca_constraint": { "is_ca": true, "max_path_len": 0, "max_path_len_zero": true }
-      }
-    }
-  }
-}"#;
-
 /// A child process killed on drop.
 struct Bg(Child);
 
@@ -382,91 +368,24 @@ impl Drop for Bg {
 
 /// `meshca trust apply` with the policy's CA behind `cfssl serve`; `Err` when cfssl is missing.
 fn cfssl_row(t: &Path) -> Result<PathBuf, String> {
-    match Command::new("cfssl").arg("version").output() {
-        Ok(out) if out.status.success() => {}
-        _ => return Err("`cfssl` is not on PATH (scripts/test installs golang-cfssl)".to_owned()),
+    if !Cfssl::available() {
+        return Err("`cfssl` is not on PATH (scripts/test installs golang-cfssl)".to_owned());
     }
     let d = t.join("trust-cfssl");
     fs::create_dir_all(&d).unwrap();
     meshca(&d, &["certs", "root-ca"], P256).ok();
-    write(&d.join("config.json"), CFSSL_CONFIG);
-    let port = TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let log = fs::File::create(d.join("cfssl.log")).unwrap();
-    let child = Command::new("cfssl")
-        .current_dir(&d)
-        .args(["serve", "-address", "127.0.0.1", "-port", &port.to_string()])
-        .args(["-ca", "root-cert.pem", "-ca-key", "root-key.pem"])
-        .args(["-config", "config.json"])
-        .stdin(Stdio::null())
-        .stdout(log.try_clone().unwrap())
-        .stderr(log)
-        .spawn()
-        .unwrap();
-    let mut cfssl = Bg(child);
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(
-            cfssl.0.try_wait().unwrap().is_none() && Instant::now() < deadline,
-            "cfssl serve did not listen:\n{}",
-            fs::read_to_string(d.join("cfssl.log")).unwrap_or_default()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    trust_store(
-        &d,
-        &format!(
-            "apiVersion: trust.meshca/v1alpha1
-kind: RootTrustPolicy
-metadata:
-  name: mesh
-  namespace: gloo-mesh
-spec:
-  config:
-    externalSigner:
-      cfssl:
-        url: http://127.0.0.1:{port}
-        profile: intermediate
-    intermediateCertOptions:
-      ttlDays: 30
-      keyType: ecdsa-p256
-"
-        ),
-    );
+    let cfssl = Cfssl::start(&d, Path::new("root-cert.pem"), Path::new("root-key.pem"));
+    trust_store(&d, &cfssl.policy(30));
     trust(&d, &["apply"]).ok();
     drop(cfssl);
     Ok(cluster1_cacerts(&d))
 }
 
-/// A 10-day generated root rotated at half its life, with no propagation wait and one-hour
-/// workload certificates: the phases follow each other within hours of the manager's clock.
-const ROTATING_POLICY: &str = "apiVersion: trust.meshca/v1alpha1
-kind: RootTrustPolicy
-metadata:
-  name: mesh
-  namespace: gloo-mesh
-spec:
-  config:
-    mgmtServerCa:
-      generated:
-        ttlDays: 10
-    rootRotation:
-      gracePeriodRatio: 0.5
-      propagationMinutes: 0
-    intermediateCertOptions:
-      ttlDays: 8
-      keyType: ecdsa-p256
-      workloadCertTtlHours: 1
-";
-
 /// cluster1's bundle at each phase of a root rotation, from `meshca trust run` on a clock file
 /// that starts far enough in the past for every certificate to be valid now.
 fn rotation_rows(t: &Path, table: &mut Table) {
     let d = t.join("trust-rotation");
-    trust_store(&d, ROTATING_POLICY);
+    trust_store(&d, meshca_testkit::ROTATING_ROOT_POLICY);
     let clock = d.join("now");
     let set_clock = |at: OffsetDateTime| {
         write(&d.join("now.tmp"), at.format(&Rfc3339).unwrap());

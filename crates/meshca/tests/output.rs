@@ -12,20 +12,7 @@ use meshca_testkit::run_in;
 
 const MESHCA: &str = env!("CARGO_BIN_EXE_meshca");
 
-const POLICY: &str = "apiVersion: trust.meshca/v1alpha1
-kind: RootTrustPolicy
-metadata:
-  name: mesh
-  namespace: gloo-mesh
-spec:
-  config:
-    mgmtServerCa:
-      generated:
-        ttlDays: 365
-    intermediateCertOptions:
-      ttlDays: 30
-      keyType: ecdsa-p256
-";
+const POLICY: &str = meshca_testkit::GENERATED_ROOT_POLICY;
 
 /// Runs `meshca <args> -o json` and `-o yaml` in `d`, asserts both parse to the same value,
 /// and returns it. `ok` says whether the command must succeed or fail.
