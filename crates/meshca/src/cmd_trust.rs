@@ -760,13 +760,14 @@ fn run_loop(r: &RunArgs) -> anyhow::Result<ExitCode> {
     let mut failure: Option<anyhow::Error> = None;
     let mut watched = std::collections::BTreeSet::new();
     manager.run(&stop, &mut |e| {
-        let printed = print_event(e, from_file);
+        // Metrics and the live page first: once a reconcile's line is printed, both show it.
         if let Some(m) = &metrics {
             m.record(e, target, &mgmt);
         }
         if let Some(d) = &dashboards {
             d.record(e, target, &mgmt, &args.only());
         }
+        let printed = print_event(e, from_file);
         if let Store::Kube(k) = &store {
             if let Event::Reconciled { policy, .. } | Event::Loaded(policy) = e
                 && let Some(p) = &policy.policy
