@@ -398,7 +398,18 @@ fn rotate_root(
         state.next_secret.name,
         state.phase.label()
     )?;
-    let report = meshca_trust::reconcile(store, &policy, mgmt, &only, &[], now)?;
+    let report = match meshca_trust::reconcile(store, &policy, mgmt, &only, &[], now) {
+        Ok(r) => r,
+        // A running manager saw the rotation start and wrote first: it carries the phase on.
+        Err(meshca_trust::TrustError::Store(e)) if e.is_conflict() => {
+            writeln!(
+                out,
+                "another writer (a running meshca trust run) is carrying the rotation on: {e}"
+            )?;
+            return Ok(ExitCode::SUCCESS);
+        }
+        Err(e) => return Err(e.into()),
+    };
     print_report(out, &report)?;
     if let Some(at) = report.rotation_due {
         writeln!(
