@@ -91,15 +91,7 @@ pub fn status_with(
         records: &none,
     };
     for cluster in clusters(store, policy, mgmt, only)? {
-        let mut st = ClusterStatus {
-            cluster: cluster.clone(),
-            serial: None,
-            not_after: None,
-            next_renewal: None,
-            rotation: None,
-            roots: Vec::new(),
-            problems: Vec::new(),
-        };
+        let mut st = ClusterStatus::of(&cluster);
         let data = store.read(&cacerts_key(&cluster))?;
         if let (Some(s), Some(t)) = (&state, &t) {
             let done = matches_target(data.as_ref(), t, &cluster, now, known);
@@ -111,17 +103,11 @@ pub fn status_with(
         }
         match data {
             None => st.problems.push("no cacerts yet".into()),
-            Some(data) => match cache.load(
-                &data,
-                &format!("{cluster}/{ISTIO_NAMESPACE}/{CACERTS}"),
-                now,
-            ) {
+            Some(data) => match load_cacerts(cache, &cluster, &data, now) {
                 Err(e) => st.problems.push(e.to_string()),
                 Ok(b) => {
+                    st.show(&b);
                     let c = b.signer().cert();
-                    st.roots = b.roots().iter().map(fingerprint).collect();
-                    st.serial = Some(hex_colons(c.x509().raw_serial()));
-                    st.not_after = Some(show_time(c.not_after()));
                     st.next_renewal = Some(show_time(renew_at(
                         c.not_before(),
                         c.not_after(),
@@ -175,28 +161,13 @@ pub fn inventory(
         if cluster == mgmt || (!only.is_empty() && !only.contains(&cluster)) {
             continue;
         }
-        let mut st = ClusterStatus {
-            cluster: cluster.clone(),
-            serial: None,
-            not_after: None,
-            next_renewal: None,
-            rotation: None,
-            roots: Vec::new(),
-            problems: Vec::new(),
-        };
+        let mut st = ClusterStatus::of(&cluster);
         match store.read(&cacerts_key(&cluster))? {
             None => st.problems.push("no cacerts".into()),
-            Some(data) => match cache.load(
-                &data,
-                &format!("{cluster}/{ISTIO_NAMESPACE}/{CACERTS}"),
-                now,
-            ) {
+            Some(data) => match load_cacerts(cache, &cluster, &data, now) {
                 Err(e) => st.problems.push(e.to_string()),
                 Ok(b) => {
-                    let c = b.signer().cert();
-                    st.roots = b.roots().iter().map(fingerprint).collect();
-                    st.serial = Some(hex_colons(c.x509().raw_serial()));
-                    st.not_after = Some(show_time(c.not_after()));
+                    st.show(&b);
                     loaded.push((out.len(), b));
                 }
             },
@@ -235,4 +206,38 @@ fn trust_of<'a>(name: &'a str, b: &'a CacertsBundle) -> meshca_verify::interop::
         chain: b.path().certs(),
         roots: b.roots(),
     }
+}
+
+impl ClusterStatus {
+    /// `cluster` with nothing known yet.
+    fn of(cluster: &str) -> Self {
+        ClusterStatus {
+            cluster: cluster.to_owned(),
+            serial: None,
+            not_after: None,
+            next_renewal: None,
+            rotation: None,
+            roots: Vec::new(),
+            problems: Vec::new(),
+        }
+    }
+
+    /// What the cluster's verified bundle says: its roots, its signing certificate's serial and
+    /// end.
+    fn show(&mut self, b: &CacertsBundle) {
+        let c = b.signer().cert();
+        self.roots = b.roots().iter().map(fingerprint).collect();
+        self.serial = Some(hex_colons(c.x509().raw_serial()));
+        self.not_after = Some(show_time(c.not_after()));
+    }
+}
+
+/// A cluster's `cacerts` data, verified (or taken verified from `cache`).
+fn load_cacerts(
+    cache: &BundleCache,
+    cluster: &str,
+    data: &SecretData,
+    now: OffsetDateTime,
+) -> Result<std::sync::Arc<CacertsBundle>, PkiError> {
+    cache.load(data, &format!("{cluster}/{ISTIO_NAMESPACE}/{CACERTS}"), now)
 }
