@@ -132,7 +132,7 @@ pub fn etcd_bin() -> PathBuf {
 /// A shell that runs a clean-up command once the test process is gone without having dropped
 /// what it guards (SIGKILL, a harness timeout): its `read` returns only at end of input, which
 /// comes when the last holder of the pipe's write end, the test process, has gone away.
-struct Watchdog {
+pub(crate) struct Watchdog {
     child: Child,
     // Held only so that its closing wakes the shell.
     _stdin: ChildStdin,
@@ -140,7 +140,7 @@ struct Watchdog {
 
 impl Watchdog {
     /// Arms `script`, which gets `arg` as `$1` so no path or pid needs shell quoting.
-    fn arm(script: &str, arg: &std::ffi::OsStr) -> Watchdog {
+    pub(crate) fn arm(script: &str, arg: &std::ffi::OsStr) -> Watchdog {
         let mut child = Command::new("sh")
             .arg("-c")
             .arg(format!("read _ignored; {script}"))
@@ -159,7 +159,7 @@ impl Watchdog {
     }
 
     /// Ends the watchdog without running its command.
-    fn disarm(mut self) {
+    pub(crate) fn disarm(mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }

@@ -8,6 +8,7 @@
 pub mod cfssl;
 pub mod istio;
 pub mod kube;
+pub mod process;
 
 use std::collections::BTreeMap;
 use std::ffi::OsStr;

@@ -11,16 +11,15 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers panic on setup failures by design
 
 use std::fs;
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use meshca_pki::Certificate;
 use meshca_testkit::cfssl::Cfssl;
 use meshca_testkit::istio::{AgentConfig, Istiod, PilotAgent, install_istio_base, listeners_of};
 use meshca_testkit::kube::ControlPlane;
+use meshca_testkit::process::Process;
 use meshca_testkit::{pem_blocks, run_in};
 
 const MESHCA: &str = env!("CARGO_BIN_EXE_meshca");
@@ -28,76 +27,10 @@ const MESHCA: &str = env!("CARGO_BIN_EXE_meshca");
 /// How long one certificate may take to arrive (a pilot-agent retries with backoff).
 const CERT_WAIT: Duration = Duration::from_secs(60);
 
-/// A process killed on drop, its output in `<dir>/<name>.log`; its stdout lines are also
-/// forwarded for [`Proc::line`].
-struct Proc {
-    name: String,
-    child: Child,
-    log: PathBuf,
-    lines: mpsc::Receiver<String>,
-}
-
-impl Proc {
-    fn start(dir: &Path, name: &str, mut cmd: Command) -> Proc {
-        let log = dir.join(format!("{name}.log"));
-        let mut child = cmd
-            .current_dir(dir)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(fs::File::create(&log).unwrap())
-            .spawn()
-            .unwrap_or_else(|e| panic!("{name} starts: {e}"));
-        let stdout = child.stdout.take().unwrap();
-        let (tx, lines) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                let _ = tx.send(line);
-            }
-        });
-        Proc {
-            name: name.to_owned(),
-            child,
-            log,
-            lines,
-        }
-    }
-
-    /// The rest of the first stdout line starting with `prefix`.
-    fn line(&self, prefix: &str, timeout: Duration) -> String {
-        let deadline = Instant::now() + timeout;
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.lines.recv_timeout(left) {
-                Ok(line) => {
-                    if let Some(rest) = line.strip_prefix(prefix) {
-                        return rest.trim().to_owned();
-                    }
-                }
-                Err(e) => panic!(
-                    "{}: no line starting with {prefix:?} ({e}); its log:\n{}",
-                    self.name,
-                    fs::read_to_string(&self.log).unwrap_or_default()
-                ),
-            }
-        }
-    }
-
-    fn log(&self) -> String {
-        fs::read_to_string(&self.log).unwrap_or_default()
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 /// `meshca serve` for `cluster` of `cp` on a free loopback port, signing with `cacerts`,
 /// reviewing bearer tokens with that cluster's API server (TokenReview), reloading every 100 ms.
 /// Returns it and `localhost:<port>` for `CA_ADDR`.
-fn meshca_serve(cp: &ControlPlane, cluster: &str, dir: &Path, cacerts: &Path) -> (Proc, String) {
+fn meshca_serve(cp: &ControlPlane, cluster: &str, dir: &Path, cacerts: &Path) -> (Process, String) {
     let mut cmd = Command::new(MESHCA);
     cmd.arg("serve")
         .arg("--cacerts")
@@ -108,8 +41,8 @@ fn meshca_serve(cp: &ControlPlane, cluster: &str, dir: &Path, cacerts: &Path) ->
         .args(["--reload-interval", "100ms"])
         .env("MESHCA_LOG", "info")
         .env_remove("KUBECONFIG");
-    let p = Proc::start(dir, &format!("serve-{cluster}"), cmd);
-    let addr = p.line("listening on ", Duration::from_secs(30));
+    let p = Process::start(dir, &format!("serve-{cluster}"), cmd);
+    let addr = p.word_after("listening on ", Duration::from_secs(30));
     let port = addr.rsplit(':').next().unwrap().to_owned();
     (p, format!("localhost:{port}"))
 }
@@ -173,8 +106,8 @@ fn seeds_verification(work: &Path, bundle: &Path, agent_out: &Path) -> String {
         .args(["-cert", "served-leaf.pem", "-cert_chain", "served-rest.pem"])
         .arg("-key")
         .arg(agent_out.join("key.pem"));
-    let server = Proc::start(work, "s_server", server);
-    let pid = server.child.id();
+    let server = Process::start(work, "s_server", server);
+    let pid = server.pid();
     let start = Instant::now();
     while !listeners_of(pid).iter().any(|l| l.port == port) {
         assert!(
@@ -523,7 +456,7 @@ fn real_agents_on_meshca_serve_and_istiod_trust_each_other_through_a_root_rotati
         .args(["--poll", "100ms", "--clock-file"])
         .arg(&clock)
         .env("MESHCA_LOG", "info");
-    let manager = Proc::start(d, "trust-run", run);
+    let manager = Process::start(d, "trust-run", run);
     let cacerts = |c: &str| d.join("store").join(c).join("istio-system/cacerts");
     let start = Instant::now();
     while !(cacerts("cluster1").join("ca-key.pem").exists()

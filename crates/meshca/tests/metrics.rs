@@ -6,13 +6,13 @@
 
 use std::collections::BTreeMap;
 use std::fs;
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use meshca_testkit::process::Process;
 use meshca_testkit::{GENERATED_ROOT_POLICY, openssl, run_in};
 
 const MESHCA: &str = env!("CARGO_BIN_EXE_meshca");
@@ -23,59 +23,9 @@ const PROMETHEUS_CLIENT: &str = "prometheus-client==0.26.0";
 /// The longest a process may take to come up, or to show a change.
 const BOUND: Duration = Duration::from_secs(30);
 
-/// A long-running meshca process, killed when dropped; its stdout lines come through a channel.
-struct Process {
-    child: Child,
-    log: PathBuf,
-    lines: mpsc::Receiver<String>,
-}
-
-impl Process {
-    fn start(dir: &Path, name: &str, args: &[&str]) -> Self {
-        let log = dir.join(format!("{name}.log"));
-        let mut child = Command::new(MESHCA)
-            .current_dir(dir)
-            .args(args)
-            .stdout(Stdio::piped())
-            .stderr(fs::File::create(&log).unwrap())
-            .spawn()
-            .unwrap();
-        let stdout = child.stdout.take().unwrap();
-        let (tx, lines) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                let _ = tx.send(line);
-            }
-        });
-        Process { child, log, lines }
-    }
-
-    /// The first word after `marker` on the first stdout line holding it.
-    fn wait_for(&self, marker: &str) -> String {
-        let deadline = Instant::now() + BOUND;
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.lines.recv_timeout(left) {
-                Ok(line) => {
-                    if let Some((_, rest)) = line.split_once(marker) {
-                        let word = rest.split_whitespace().next().unwrap_or_default();
-                        return word.trim_end_matches(')').to_owned();
-                    }
-                }
-                Err(e) => panic!(
-                    "no line with {marker:?} ({e}); stderr:\n{}",
-                    fs::read_to_string(&self.log).unwrap_or_default()
-                ),
-            }
-        }
-    }
-}
-
-impl Drop for Process {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// `meshca <args>` kept running in `dir`, its stderr in `<name>.log`.
+fn meshca(dir: &Path, name: &str, args: &[&str]) -> Process {
+    Process::run(dir, name, MESHCA, args, &[])
 }
 
 /// A Python with `prometheus_client`: `$MESHCA_PYTHON`, else a venv in `~/.cache/meshca/venv`
@@ -384,7 +334,7 @@ fn trust_run_metrics_follow_the_store_through_a_root_rotation_and_a_failing_clus
     let t = tempfile::tempdir().unwrap();
     let d = t.path();
     store(d);
-    let run = Process::start(
+    let run = meshca(
         d,
         "trust-run",
         &[
@@ -400,8 +350,8 @@ fn trust_run_metrics_follow_the_store_through_a_root_rotation_and_a_failing_clus
             "127.0.0.1:0",
         ],
     );
-    let addr = run.wait_for("metrics on ");
-    run.wait_for("reconciled at");
+    let addr = run.word_after("metrics on ", BOUND);
+    run.word_after("reconciled at", BOUND);
 
     // After the first reconcile: every expiry, no rotation, one good reconcile, this replica acts.
     let s = scrape_until(&addr, "first reconcile", |s| reconciles(s, "ok") >= 1.0);
@@ -516,7 +466,7 @@ fn serve_metrics_give_istiods_names_and_every_expiry() {
     let t = tempfile::tempdir().unwrap();
     let d = t.path();
     cacerts(d);
-    let p = Process::start(
+    let p = meshca(
         d,
         "serve",
         &[
@@ -578,22 +528,12 @@ fn serve_metrics_give_istiods_names_and_every_expiry() {
 
 /// The listen and metrics addresses from `meshca serve`'s "listening on A (metrics on M)".
 fn listening(p: &Process) -> (String, String) {
-    let deadline = Instant::now() + BOUND;
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        let line = p.lines.recv_timeout(left).unwrap_or_else(|e| {
-            panic!(
-                "serve did not say where it listens ({e}):\n{}",
-                fs::read_to_string(&p.log).unwrap_or_default()
-            )
-        });
-        if let Some(rest) = line.strip_prefix("listening on ") {
-            let listen = rest.split_whitespace().next().unwrap().to_owned();
-            let (_, m) = rest.split_once("(metrics on ").unwrap();
-            let metrics = m.split(')').next().unwrap().to_owned();
-            return (listen, metrics);
-        }
-    }
+    let line = p.line_with("listening on ", BOUND);
+    let (_, rest) = line.split_once("listening on ").unwrap();
+    let listen = rest.split_whitespace().next().unwrap().to_owned();
+    let (_, m) = rest.split_once("(metrics on ").unwrap();
+    let metrics = m.split(')').next().unwrap().to_owned();
+    (listen, metrics)
 }
 
 /// Clock ticks of CPU (user and system) `pid` has used.
@@ -618,7 +558,7 @@ fn with_descriptors_exhausted_the_endpoint_waits_instead_of_spinning_and_serves_
     let t = tempfile::tempdir().unwrap();
     let d = t.path();
     cacerts(d);
-    let p = Process::start(
+    let p = meshca(
         d,
         "serve",
         &[
@@ -633,7 +573,7 @@ fn with_descriptors_exhausted_the_endpoint_waits_instead_of_spinning_and_serves_
     );
     let (_, addr) = listening(&p);
     http_get(&addr, "/metrics");
-    let pid = p.child.id();
+    let pid = p.pid();
     // Room for a few more descriptors only.
     let limit = open_fds(pid) as u64 + 4;
     rustix::process::prlimit(

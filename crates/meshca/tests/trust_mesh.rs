@@ -9,14 +9,12 @@
 //! intermediate, and they still talk to cluster2's workload holding its old certificate.
 
 use std::fs;
-use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use meshca_agent::mtls::{CallResult, call};
 use meshca_pki::Certificate;
+use meshca_testkit::process::Process;
 use meshca_testkit::{openssl, run_in};
 
 const MESHCA: &str = env!("CARGO_BIN_EXE_meshca");
@@ -48,78 +46,21 @@ const SLEEP: &str = "spiffe://cluster.local/ns/foo/sa/sleep";
 /// The longest a process may take to come up, or a server to pick up a new intermediate.
 const BOUND: Duration = Duration::from_secs(20);
 
-/// A long-running meshca process, killed when dropped. Its stdout is drained by a thread (so it
-/// never writes into a closed pipe) and its stderr goes to `<name>.log` for failure messages.
-struct Process {
-    name: String,
-    child: Child,
-    log: PathBuf,
-    lines: mpsc::Receiver<String>,
-}
-
-impl Process {
-    fn start(dir: &Path, name: &str, args: &[&str]) -> Self {
-        let log = dir.join(format!("{name}.log"));
-        let mut child = Command::new(MESHCA)
-            .current_dir(dir)
-            .args(args)
-            .env("MESHCA_LOG", "info")
-            .env("NO_COLOR", "1")
-            .stdout(Stdio::piped())
-            .stderr(fs::File::create(&log).unwrap())
-            .spawn()
-            .unwrap();
-        let stdout = child.stdout.take().unwrap();
-        let (tx, lines) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                let _ = tx.send(line);
-            }
-        });
-        Process {
-            name: name.to_owned(),
-            child,
-            log,
-            lines,
-        }
-    }
-
-    /// The address on the first stdout line starting with `prefix`, waited for at most `BOUND`.
-    fn address(&self, prefix: &str) -> String {
-        let deadline = Instant::now() + BOUND;
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.lines.recv_timeout(left) {
-                Ok(line) => {
-                    if let Some(rest) = line.strip_prefix(prefix) {
-                        return rest.split_whitespace().next().unwrap().to_owned();
-                    }
-                }
-                Err(e) => panic!(
-                    "{}: no line starting with {prefix:?} ({e}); its log:\n{}",
-                    self.name,
-                    self.log()
-                ),
-            }
-        }
-    }
-
-    fn log(&self) -> String {
-        fs::read_to_string(&self.log).unwrap_or_default()
-    }
-}
-
-impl Drop for Process {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// `meshca <args>` kept running in `d`, its stderr in `<name>.log`.
+fn meshca(d: &Path, name: &str, args: &[&str]) -> Process {
+    Process::run(
+        d,
+        name,
+        MESHCA,
+        args,
+        &[("MESHCA_LOG", "info"), ("NO_COLOR", "1")],
+    )
 }
 
 /// `meshca serve` on a cacerts folder, on a free loopback port, accepting the test's JWTs and
 /// looking for a new bundle every 100 ms.
 fn serve(d: &Path, cluster: &str, cacerts: &str) -> (Process, String) {
-    let p = Process::start(
+    let p = meshca(
         d,
         &format!("serve-{cluster}"),
         &[
@@ -136,7 +77,7 @@ fn serve(d: &Path, cluster: &str, cacerts: &str) -> (Process, String) {
             "100ms",
         ],
     );
-    let addr = p.address("listening on ");
+    let addr = p.word_after("listening on ", BOUND);
     (p, addr)
 }
 
@@ -203,8 +144,8 @@ impl Workload<'_> {
     fn run(&self, d: &Path, out: &str) -> (Process, String) {
         let mut args = self.args(out);
         args.extend(["--mtls-listen", "127.0.0.1:0"]);
-        let p = Process::start(d, &format!("agent-{out}"), &args);
-        let addr = p.address("mTLS endpoint on ");
+        let p = meshca(d, &format!("agent-{out}"), &args);
+        let addr = p.word_after("mTLS endpoint on ", BOUND);
         (p, addr)
     }
 }
