@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use meshca_pki::CertificateRequest;
+use meshca_pki::{CertificateRequest, PkiError, SpiffeId};
 use tonic::{Request, Response, Status};
 
 use crate::auth::{Authenticator, Credentials};
@@ -54,38 +54,13 @@ impl IstioCertificateService for CaService {
             }
         };
         let msg = request.into_inner();
-        let csr = match CertificateRequest::from_pem(msg.csr.as_bytes(), "CSR") {
-            Ok(c) => c,
-            Err(e) => {
+        let csr = read_request(&msg, &identity).map_err(|e| match e {
+            RequestError::BadCsr(_) => {
                 self.metrics.csr_parsing_err_count.inc();
-                return Err(Status::invalid_argument(e.to_string()));
+                Status::invalid_argument(e.to_string())
             }
-        };
-        let wanted = identity.to_string();
-        if let Some(other) = csr.uris().iter().find(|u| **u != wanted) {
-            return Err(Status::permission_denied(format!(
-                "CSR asks for {other} but the caller is {wanted}"
-            )));
-        }
-        if let Some(other) = csr.other_sans().first() {
-            return Err(Status::permission_denied(format!(
-                "CSR asks for {other}; only the caller's identity {wanted} is issued"
-            )));
-        }
-        if let Some(imp) = msg
-            .metadata
-            .as_ref()
-            .and_then(|m| m.fields.get("ImpersonatedIdentity"))
-            .and_then(|v| match &v.kind {
-                Some(prost_types::value::Kind::StringValue(s)) if !s.is_empty() => Some(s.clone()),
-                _ => None,
-            })
-            && imp != wanted
-        {
-            return Err(Status::permission_denied(format!(
-                "{wanted} may not impersonate {imp}"
-            )));
-        }
+            _ => Status::permission_denied(e.to_string()),
+        })?;
         let ca = self.ca.load();
         let chain = ca
             .issue(&csr, &identity, msg.validity_duration, &self.policy, now)
@@ -103,4 +78,77 @@ impl IstioCertificateService for CaService {
             cert_chain: chain,
         }))
     }
+}
+
+/// Why a CreateCertificate request is refused before anything is issued.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum RequestError {
+    /// The CSR does not parse, or its signature does not verify.
+    #[error(transparent)]
+    BadCsr(PkiError),
+    /// The CSR asks for a URI SAN other than the caller's identity.
+    #[error("CSR asks for {asked} but the caller is {caller}")]
+    OtherIdentity {
+        /// the URI asked for
+        asked: String,
+        /// the authenticated caller
+        caller: String,
+    },
+    /// The CSR asks for a SAN that is not a URI.
+    #[error("CSR asks for {asked}; only the caller's identity {caller} is issued")]
+    OtherSan {
+        /// the SAN asked for
+        asked: String,
+        /// the authenticated caller
+        caller: String,
+    },
+    /// The metadata's `ImpersonatedIdentity` names someone else than the caller.
+    #[error("{caller} may not impersonate {asked}")]
+    Impersonation {
+        /// the identity named
+        asked: String,
+        /// the authenticated caller
+        caller: String,
+    },
+}
+
+/// Reads a CreateCertificate request from the authenticated `caller`: its CSR, which must ask
+/// for the caller's identity alone, and its metadata. Sans-IO, so that requests can be tested
+/// and fuzzed without a server.
+pub fn read_request(
+    msg: &IstioCertificateRequest,
+    caller: &SpiffeId,
+) -> Result<CertificateRequest, RequestError> {
+    let csr =
+        CertificateRequest::from_pem(msg.csr.as_bytes(), "CSR").map_err(RequestError::BadCsr)?;
+    let wanted = caller.to_string();
+    if let Some(other) = csr.uris().iter().find(|u| **u != wanted) {
+        return Err(RequestError::OtherIdentity {
+            asked: other.clone(),
+            caller: wanted,
+        });
+    }
+    if let Some(other) = csr.other_sans().first() {
+        return Err(RequestError::OtherSan {
+            asked: other.clone(),
+            caller: wanted,
+        });
+    }
+    if let Some(imp) = msg
+        .metadata
+        .as_ref()
+        .and_then(|m| m.fields.get("ImpersonatedIdentity"))
+        .and_then(|v| match &v.kind {
+            Some(prost_types::value::Kind::StringValue(s)) if !s.is_empty() => Some(s.clone()),
+            _ => None,
+        })
+        && imp != wanted
+    {
+        return Err(RequestError::Impersonation {
+            asked: imp,
+            caller: wanted,
+        });
+    }
+    Ok(csr)
 }

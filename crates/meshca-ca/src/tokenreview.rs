@@ -199,9 +199,10 @@ impl std::fmt::Debug for TokenReviewer {
     }
 }
 
-/// The checks on the API server's answer. The answer echoes the token in its `spec`: only its
-/// `status` is read, and nothing of the body is ever shown.
-fn read_answer(
+/// The checks on the API server's answer (its HTTP `status` and `body`) to a review asking for
+/// `audiences`. The answer echoes the token in its `spec`: only its `status` is read, and nothing
+/// of the body is ever shown. Sans-IO, so that answers can be tested and fuzzed without a server.
+pub fn read_answer(
     at: &ApiServer,
     audiences: &[String],
     status: u16,

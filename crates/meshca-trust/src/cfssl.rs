@@ -309,19 +309,15 @@ impl CfsslSigner {
             signer,
         };
 
-        let info: InfoResult = client.call(
-            Endpoint::Info,
-            &to_json(&InfoRequest {
-                label: label.as_deref(),
-                profile: profile.as_deref(),
-            }),
-        )?;
-        let cert = Certificate::one_from_pem(info.certificate.as_bytes(), "signer certificate")
-            .map_err(|error| CfsslError::BadCertificate {
-                signer: client.signer.clone(),
-                endpoint: Endpoint::Info,
-                error: Box::new(error),
-            })?
+        let cert = client
+            .call(
+                Endpoint::Info,
+                &to_json(&InfoRequest {
+                    label: label.as_deref(),
+                    profile: profile.as_deref(),
+                }),
+                "signer certificate",
+            )?
             .with_origin(&format!("{} signer certificate", client.signer));
         if !cert.can_sign_certificates() {
             return Err(CfsslError::Rejected {
@@ -380,15 +376,7 @@ impl CfsslSigner {
             None => (Endpoint::Sign, request),
             Some(key) => (Endpoint::AuthSign, authenticated_request(key, &request)),
         };
-        let answer: SignResult = self.client.call(endpoint, &body)?;
-        let cert =
-            Certificate::one_from_pem(answer.certificate.as_bytes(), what).map_err(|error| {
-                CfsslError::BadCertificate {
-                    signer: signer.clone(),
-                    endpoint,
-                    error: Box::new(error),
-                }
-            })?;
+        let cert = self.client.call(endpoint, &body, what)?;
 
         let reject = |reason: String| CfsslError::Rejected {
             signer: signer.clone(),
@@ -474,7 +462,7 @@ struct Client {
 }
 
 impl Client {
-    fn call<T: DeserializeOwned>(&self, endpoint: Endpoint, body: &[u8]) -> Result<T, CfsslError> {
+    fn call(&self, endpoint: Endpoint, body: &[u8], what: &str) -> Result<Certificate, CfsslError> {
         let url = format!("{}{API_PATH}/{endpoint}", self.base);
         let mut response = self
             .agent
@@ -489,8 +477,28 @@ impl Client {
             .limit(MAX_ANSWER)
             .read_to_vec()
             .map_err(|e| transport_error(&self.signer, endpoint, e))?;
-        read_answer(&self.signer, endpoint, status, &bytes)
+        parse_certificate_answer(&self.signer, endpoint, status, &bytes, what)
     }
+}
+
+/// Reads cfssl's answer to `info`, `sign` or `authsign` (its HTTP `status` and `body`): the one
+/// PEM certificate of its result, named `what`. Sans-IO, so that answers can be tested and fuzzed
+/// without a server.
+pub fn parse_certificate_answer(
+    signer: &str,
+    endpoint: Endpoint,
+    status: u16,
+    body: &[u8],
+    what: &str,
+) -> Result<Certificate, CfsslError> {
+    let answer: CertificateResult = read_answer(signer, endpoint, status, body)?;
+    Certificate::one_from_pem(answer.certificate.as_bytes(), what).map_err(|error| {
+        CfsslError::BadCertificate {
+            signer: signer.to_owned(),
+            endpoint,
+            error: Box::new(error),
+        }
+    })
 }
 
 fn agent(roots: Vec<ureq::tls::Certificate<'static>>) -> ureq::Agent {
@@ -703,13 +711,9 @@ struct Answer {
     errors: Vec<CfsslMessage>,
 }
 
+/// The result of `info`, `sign` and `authsign` alike.
 #[derive(Debug, Deserialize)]
-struct InfoResult {
-    certificate: String,
-}
-
-#[derive(Debug, Deserialize)]
-struct SignResult {
+struct CertificateResult {
     certificate: String,
 }
 
@@ -721,7 +725,7 @@ mod tests {
 
     const SIGNER: &str = "cfssl at http://127.0.0.1:8888 (profile intermediate)";
 
-    fn answer(status: u16, body: &str) -> Result<SignResult, CfsslError> {
+    fn answer(status: u16, body: &str) -> Result<CertificateResult, CfsslError> {
         read_answer(SIGNER, Endpoint::Sign, status, body.as_bytes())
     }
 

@@ -61,3 +61,14 @@ pub(super) fn rsa_public_key(der: &[u8]) -> Option<RsaPublic> {
     let (e, _) = element(rest, INTEGER)?;
     RsaPublic::new(n, e)
 }
+
+/// The modulus size in bits of the RSA key in `der`, read each of the three ways this module
+/// reads keys: as a PKCS#1 private key, a PKCS#8 private key and a PKCS#1 public key. Public so
+/// that the reader can be fuzzed on its own.
+pub fn rsa_key_bits(der: &[u8]) -> [Option<usize>; 3] {
+    [
+        rsa_private_key(der).map(|k| k.bits()),
+        pkcs8_rsa(der).and_then(rsa_private_key).map(|k| k.bits()),
+        rsa_public_key(der).map(|k| k.bits()),
+    ]
+}

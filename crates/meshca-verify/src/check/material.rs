@@ -174,7 +174,7 @@ impl RsaPublic {
         })
     }
 
-    fn bits(&self) -> usize {
+    pub(super) fn bits(&self) -> usize {
         // `new` refuses an empty modulus, and stripping left a non-zero first byte.
         self.modulus.len() * 8 - self.modulus[0].leading_zeros() as usize
     }

@@ -22,6 +22,7 @@ use meshca_pki::error::show_time;
 use meshca_pki::{BundleFiles, Certificate, verify_path};
 use time::OffsetDateTime;
 
+pub use der::rsa_key_bits;
 pub use report::{BundleReport, CheckName, CheckReport, Finding, Level};
 
 use cross::shared_root;
