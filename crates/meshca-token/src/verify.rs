@@ -99,12 +99,13 @@ impl Verifier {
         }
         let expires_at =
             time_claim(&claims, "exp")?.ok_or(TokenError::MissingClaim { claim: "exp" })?;
-        if now >= expires_at + CLOCK_SKEW_LEEWAY {
+        // Saturating: a signed `exp` may be the last second of year 9999.
+        if now >= expires_at.saturating_add(CLOCK_SKEW_LEEWAY) {
             return Err(TokenError::Expired { expires_at, now });
         }
         for claim in ["nbf", "iat"] {
             if let Some(valid_from) = time_claim(&claims, claim)?
-                && valid_from > now + CLOCK_SKEW_LEEWAY
+                && valid_from > now.saturating_add(CLOCK_SKEW_LEEWAY)
             {
                 return Err(TokenError::NotYetValid {
                     claim,
@@ -558,6 +559,21 @@ mod tests {
             v.verify(&token, NOW),
             Err(TokenError::MissingClaim { claim: "exp" })
         ));
+    }
+
+    #[test]
+    fn an_exp_at_the_end_of_year_9999_is_read_without_overflow() {
+        let key = key(KeyType::EcdsaP256);
+        let last = OffsetDateTime::from_unix_timestamp(253_402_300_799).unwrap();
+        let token = forge(
+            &key,
+            &header(&key),
+            &with(payload(), "exp", last.unix_timestamp().into()),
+        );
+        assert_eq!(
+            verifier(&[&key]).verify(&token, NOW).unwrap().expires_at(),
+            last
+        );
     }
 
     #[test]
