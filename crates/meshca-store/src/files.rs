@@ -208,9 +208,12 @@ fn write_new(path: &Path, f: &FileSpec, shown_as: &Path) -> Result<(), StoreErro
         .mode(mode)
         .open(path)
         .map_err(StoreError::io(shown_as, "cannot write"))?;
-    file.write_all(&f.contents)
-        .and_then(|()| file.sync_all())
-        .map_err(StoreError::io(shown_as, "cannot write"))
+    let written = file.write_all(&f.contents).and_then(|()| file.sync_all());
+    if written.is_err() {
+        // A full disk fails here, after the file was made: leave no half-written file behind.
+        let _ = fs::remove_file(path);
+    }
+    written.map_err(StoreError::io(shown_as, "cannot write"))
 }
 
 fn apply(
