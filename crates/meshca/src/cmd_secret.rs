@@ -42,6 +42,8 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
     let files = meshca_store::read_bundle_dir(&a.dir)?;
     let label = a.dir.display().to_string();
     let bundle = CacertsBundle::from_files(&files, &label, time::OffsetDateTime::now_utc())?;
+    // istiod verifies its cacerts for serverAuth at load, as `meshca serve` does.
+    bundle.path().check_server_auth_usage()?;
     let layout = match a.format {
         Format::Istio => Layout::Istio,
         Format::Tls => Layout::Tls,
