@@ -205,6 +205,14 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
     } else {
         builder.init();
     }
+    if a.workload_cert_ttl > a.max_workload_cert_ttl {
+        // Every request without a TTL of its own would ask for more than is allowed.
+        anyhow::bail!(
+            "--workload-cert-ttl {} is longer than --max-workload-cert-ttl {}",
+            a.workload_cert_ttl,
+            a.max_workload_cert_ttl
+        );
+    }
     let trust_domain = TrustDomain::new(&a.trust_domain)?;
     let in_cluster = std::env::var_os("KUBERNETES_SERVICE_HOST").is_some_and(|h| !h.is_empty());
     let token_review = kube_auth(&a, in_cluster)?;
