@@ -44,8 +44,8 @@ impl CertificateRequest {
         if !rest.is_empty() {
             return Err(bad("trailing bytes after the request".to_owned()));
         }
-        csr.verify_signature()
-            .map_err(|e| bad(format!("its signature does not verify ({e})")))?;
+        // The key first: a key meshca refuses (RSA-1024, which the verifier will not check a
+        // signature of, included) is named as such, not as a signature that does not verify.
         let spki = &csr.certification_request_info.subject_pki;
         let bits = spki.parsed().map(|k| k.key_size()).unwrap_or(0);
         let public_key = rcgen::SubjectPublicKeyInfo::from_der(spki.raw)
@@ -64,6 +64,8 @@ impl CertificateRequest {
                 describe(alg)
             )));
         }
+        csr.verify_signature()
+            .map_err(|e| bad(format!("its signature does not verify ({e})")))?;
         let mut uris = Vec::new();
         let mut other_sans = Vec::new();
         if let Some(exts) = csr.requested_extensions() {
@@ -102,7 +104,11 @@ impl CertificateRequest {
 }
 
 fn describe(alg: &SignatureAlgorithm) -> String {
-    format!("{alg:?}")
+    if alg == &rcgen::PKCS_ED25519 {
+        "Ed25519".to_owned()
+    } else {
+        format!("{alg:?}")
+    }
 }
 
 /// Makes a PEM CSR for `key` asking for the given URI SANs (a workload's SPIFFE ID), with an
