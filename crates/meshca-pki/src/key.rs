@@ -244,7 +244,7 @@ fn is_supported_kind(kind: &str) -> bool {
 
 /// What a private key is (`RSA-1024`, `ECDSA P-521`, `Ed25519`, ...), read from its DER in
 /// PKCS#8, PKCS#1 or SEC1; `None` when the DER does not say.
-fn key_kind(kind: Kind, der: &[u8]) -> Option<String> {
+pub fn key_kind(kind: Kind, der: &[u8]) -> Option<String> {
     use x509_parser::der_parser::ber::BerObject;
     use x509_parser::der_parser::der::parse_der;
 

@@ -91,9 +91,17 @@ impl SigningKey {
                 Err(ec_err) => RsaKeyPair::from_pkcs8(&section.der)
                     .map(Pair::Rsa)
                     .map_err(|rsa_err| {
-                        bad(format!(
-                            "neither an ECDSA P-256 key ({ec_err}) nor an RSA key ({rsa_err})"
-                        ))
+                        // Named from its DER (Ed25519, ECDSA P-384, RSA-1024, ...) when it says,
+                        // rather than by what the crypto library's parsers say of it.
+                        bad(match meshca_pki::key::key_kind(section.kind, &section.der) {
+                            Some(kind) if kind != "ECDSA P-256" => format!(
+                                "{kind}, which meshca does not sign tokens with (ECDSA P-256 \
+                                 for ES256, RSA of 2048 bits or more for RS256)"
+                            ),
+                            _ => format!(
+                                "neither an ECDSA P-256 key ({ec_err}) nor an RSA key ({rsa_err})"
+                            ),
+                        })
                     })?,
             },
         };
@@ -227,7 +235,10 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(
-            err.starts_with("p384.pem: not a usable token signing key: neither an ECDSA P-256"),
+            err.starts_with(
+                "p384.pem: not a usable token signing key: ECDSA P-384, which meshca does not \
+                 sign tokens with (ECDSA P-256 for ES256, RSA of 2048 bits or more for RS256)"
+            ),
             "{err}"
         );
         let err = SigningKey::from_pem(b"hello", "x.pem")
