@@ -564,7 +564,9 @@ fn meshca_only(o: &IntermediateCertOptions) -> bool {
 }
 
 fn first_line(s: &str) -> String {
-    s.lines().next().unwrap_or_default().to_owned()
+    let line = s.lines().next().unwrap_or_default();
+    // serde-saphyr starts its messages with "error: ", which after the file's name reads twice.
+    line.strip_prefix("error: ").unwrap_or(line).to_owned()
 }
 
 #[cfg(test)]

@@ -364,11 +364,23 @@ fn apply(
 
 /// Non-zero when a cluster failed: the others were done all the same.
 fn exit_for(report: &Report) -> ExitCode {
-    let failed = report.clusters.iter().filter(|(_, o)| !o.is_ok()).count();
-    if failed == 0 {
+    let failed: Vec<String> = report
+        .clusters
+        .iter()
+        .filter_map(|(cluster, o)| match o {
+            Outcome::Failed(why) => Some(format!("{cluster}: {why}")),
+            _ => None,
+        })
+        .collect();
+    if failed.is_empty() {
         ExitCode::SUCCESS
     } else {
-        eprintln!("meshca: error: {failed} cluster(s) failed; the others were reconciled");
+        // One line naming each failed cluster and why, so a script's log says what broke.
+        eprintln!(
+            "meshca: error: {} cluster(s) failed ({}); the others were reconciled",
+            failed.len(),
+            failed.join("; ")
+        );
         ExitCode::FAILURE
     }
 }
