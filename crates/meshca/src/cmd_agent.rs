@@ -73,15 +73,20 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
     };
     let ca_root_pem = std::fs::read_to_string(&a.ca_root)
         .map_err(|e| anyhow::anyhow!("{}: cannot read: {e}", a.ca_root.display()))?;
+    // Read here, so that a file without a certificate is named rather than found out by the TLS
+    // handshake as an unknown issuer.
+    meshca_pki::Certificate::all_from_pem(
+        ca_root_pem.as_bytes(),
+        &a.ca_root.display().to_string(),
+    )?;
     let (identity, credential) = match &a.token_file {
         Some(f) => {
             let t = std::fs::read_to_string(f)
                 .map_err(|e| anyhow::anyhow!("{}: cannot read: {e}", f.display()))?;
             let t = t.trim().to_owned();
-            (
-                meshca_agent::identity_from_token(&t, &td)?,
-                Credential::Token(t),
-            )
+            let id = meshca_agent::identity_from_token(&t, &td)
+                .map_err(|e| anyhow::anyhow!("{}: {e}", f.display()))?;
+            (id, Credential::Token(t))
         }
         None => {
             let (chain_pem, key_pem, _, _) = meshca_agent::client::current(&a.output_dir)
@@ -103,8 +108,11 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
             (id, Credential::ClientCert { chain_pem, key_pem })
         }
     };
-    std::fs::create_dir_all(&a.output_dir)
-        .map_err(|e| anyhow::anyhow!("{}: cannot create: {e}", a.output_dir.display()))?;
+    std::fs::create_dir_all(&a.output_dir).map_err(|e| {
+        // Of a link it cannot follow (a loop), create_dir_all says only "File exists": say why.
+        let e = std::fs::metadata(&a.output_dir).err().unwrap_or(e);
+        anyhow::anyhow!("{}: cannot create: {e}", a.output_dir.display())
+    })?;
     let agent = Agent {
         request: Request {
             ca_addr: a.ca_addr,

@@ -237,7 +237,10 @@ fn agent_serve_and_verify_endpoint_from_the_command_line() {
         &[],
     )
     .failed();
-    assert_eq!(out.stderr.trim(), "meshca: error: token: not a JWT");
+    assert_eq!(
+        out.stderr.trim(),
+        "meshca: error: junk.token: token: not a JWT"
+    );
 }
 
 /// A signing certificate whose extended key usage excludes serverAuth: istiod refuses it, and so
