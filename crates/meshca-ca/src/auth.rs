@@ -10,11 +10,14 @@ use std::sync::Mutex;
 
 use arc_swap::ArcSwapOption;
 use meshca_pki::{Certificate, SpiffeId, TrustDomain};
-use meshca_token::Verifier;
+use meshca_token::{TokenError, Verifier};
 use time::OffsetDateTime;
 
+use crate::apiserver_jwks::ApiJwksError;
 use crate::cluster::{Clusters, RequestCluster};
 use crate::kube_auth::{KubeCluster, KubeRefusal};
+use crate::metrics::Refusal;
+use crate::tokenreview::TokenReviewError;
 
 /// Why a caller was not authenticated. The gRPC edge answers `UNAUTHENTICATED`.
 #[derive(Debug, thiserror::Error)]
@@ -31,10 +34,10 @@ pub enum AuthError {
     BadToken(String),
     /// Local JWT verification refused the bearer token, and Kubernetes did not vouch for it
     /// as a token of the request's cluster.
-    #[error("bearer token: {}{kube}", .jwt.as_deref().map(|j| format!("{j}; ")).unwrap_or_default())]
+    #[error("bearer token: {}{kube}", .jwt.as_ref().map(|j| format!("{j}; ")).unwrap_or_default())]
     TokenRefused {
         /// why JWT verification refused it; `None` when no JWKS file is configured
-        jwt: Option<String>,
+        jwt: Option<TokenError>,
         /// why Kubernetes did not vouch for it
         kube: Box<KubeRefusal>,
     },
@@ -54,6 +57,81 @@ pub enum AuthError {
         /// the clusters this server answers for, its own first
         served: Vec<String>,
     },
+}
+
+impl AuthError {
+    /// The reason the refusal is counted under.
+    pub fn refusal(&self) -> Refusal {
+        match self {
+            AuthError::NoCredential => Refusal::NoCredential,
+            AuthError::BadClientCert(_) => Refusal::ClientCertInvalid,
+            AuthError::BadToken(_) => Refusal::TokenMalformed,
+            AuthError::TokenRefused { jwt, kube } => token_refusal(jwt.as_ref(), kube),
+            AuthError::ForeignTrustDomain { .. } => Refusal::ForeignTrustDomain,
+            AuthError::WrongCluster { .. } => Refusal::ClusterNotServed,
+        }
+    }
+}
+
+/// The reason of a token every authenticator refused: the verdict of the first that knew the
+/// token's issuer (the JWKS files, then the API server's keys), else TokenReview's.
+fn token_refusal(jwt: Option<&TokenError>, kube: &KubeRefusal) -> Refusal {
+    let knew_issuer = |e: &&TokenError| !matches!(e, TokenError::UntrustedIssuer { .. });
+    if let Some(e) = jwt.filter(knew_issuer) {
+        return token_error_refusal(e);
+    }
+    match kube {
+        KubeRefusal::NotConfigured { .. } => jwt.map_or(Refusal::TokenIssuer, token_error_refusal),
+        KubeRefusal::Jwks(j) => api_keys(j).map_or_else(|r| r, token_error_refusal),
+        KubeRefusal::Review { jwks, review } => {
+            match jwks.as_ref().map(api_keys) {
+                Some(Ok(e)) if knew_issuer(&e) => return token_error_refusal(e),
+                _ => {}
+            }
+            review_refusal(review)
+        }
+    }
+}
+
+/// What the API server's keys found wrong with a token; `Err`: they could not be had.
+fn api_keys(j: &ApiJwksError) -> Result<&TokenError, Refusal> {
+    match j {
+        ApiJwksError::Refused { error, .. } => Ok(error),
+        _ => Err(Refusal::KubeUnavailable),
+    }
+}
+
+/// The reason of a token the verifier refused.
+fn token_error_refusal(e: &TokenError) -> Refusal {
+    match e {
+        TokenError::UnsupportedAlg { alg } if alg.eq_ignore_ascii_case("none") => {
+            Refusal::TokenUnsigned
+        }
+        TokenError::UnsupportedAlg { .. } => Refusal::TokenAlgorithm,
+        TokenError::UntrustedIssuer { .. } => Refusal::TokenIssuer,
+        TokenError::UnknownKid { .. }
+        | TokenError::KeyAlgMismatch { .. }
+        | TokenError::NoKeyForAlg { .. } => Refusal::TokenUnknownKey,
+        TokenError::BadSignature => Refusal::TokenSignature,
+        TokenError::WrongAudience { .. } => Refusal::TokenAudience,
+        TokenError::Expired { .. } => Refusal::TokenExpired,
+        TokenError::NotYetValid { .. } => Refusal::TokenNotYetValid,
+        TokenError::MissingClaim { .. } | TokenError::BadClaim { .. } | TokenError::Pki(_) => {
+            Refusal::TokenClaims
+        }
+        _ => Refusal::TokenMalformed,
+    }
+}
+
+/// The reason of a token TokenReview refused.
+fn review_refusal(e: &TokenReviewError) -> Refusal {
+    match e {
+        TokenReviewError::WrongAudience { .. } => Refusal::TokenAudience,
+        TokenReviewError::NotServiceAccount { .. } => Refusal::TokenClaims,
+        TokenReviewError::NotAuthenticated { .. }
+        | TokenReviewError::AudiencesUnconfirmed { .. } => Refusal::TokenReview,
+        _ => Refusal::KubeUnavailable,
+    }
 }
 
 /// How many verified tokens are remembered. Workloads present the same token on every request
@@ -187,7 +265,7 @@ impl Authenticator {
         &self,
         token: &str,
         now: OffsetDateTime,
-    ) -> Result<SpiffeId, Option<String>> {
+    ) -> Result<SpiffeId, Option<TokenError>> {
         let keys = self.jwt.load();
         let keys = keys.as_ref().ok_or(None)?;
         let mut digest = [0u8; 32];
@@ -200,13 +278,8 @@ impl Authenticator {
         {
             return Ok(id.clone());
         }
-        let verified = keys
-            .verifier
-            .verify(token, now)
-            .map_err(|e| Some(e.to_string()))?;
-        let id = verified
-            .spiffe_id(&self.trust_domain)
-            .map_err(|e| Some(e.to_string()))?;
+        let verified = keys.verifier.verify(token, now).map_err(Some)?;
+        let id = verified.spiffe_id(&self.trust_domain).map_err(Some)?;
         if let Ok(mut cache) = keys.verified.lock() {
             if cache.len() >= TOKEN_CACHE_SIZE {
                 cache.clear();
@@ -223,7 +296,7 @@ impl Authenticator {
         &self,
         token: &str,
         cluster: RequestCluster<'_, KubeCluster>,
-        jwt: Option<String>,
+        jwt: Option<TokenError>,
         now: OffsetDateTime,
     ) -> Result<SpiffeId, AuthError> {
         let shown = cluster.to_string();
@@ -319,6 +392,7 @@ mod tests {
             .await
             .unwrap_err();
         assert!(err.to_string().contains("expired"), "{err}");
+        assert_eq!(err.refusal(), Refusal::TokenExpired);
     }
 
     #[tokio::test]
@@ -331,6 +405,7 @@ mod tests {
         auth.authenticate(&bearer(&by_old), now).await.unwrap();
         let err = auth.authenticate(&bearer(&by_new), now).await.unwrap_err();
         assert!(err.to_string().contains("no key with kid"), "{err}");
+        assert_eq!(err.refusal(), Refusal::TokenUnknownKey);
 
         auth.replace_verifier(verifier(&new));
         auth.authenticate(&bearer(&by_new), now).await.unwrap();
@@ -361,6 +436,82 @@ mod tests {
             "{err}"
         );
         assert!(!err.to_string().contains("opaque"), "{err}");
+        assert_eq!(err.refusal(), Refusal::TokenMalformed);
+    }
+
+    #[test]
+    fn a_token_counts_under_the_verdict_of_the_first_authenticator_that_knew_its_issuer() {
+        let at = crate::apiserver::ApiServer {
+            cluster: Some("c1".into()),
+            url: "https://127.0.0.1:6443".into(),
+        };
+        let foreign = || TokenError::UntrustedIssuer {
+            issuer: "other".into(),
+        };
+        let refused = |review| KubeRefusal::Review { jwks: None, review };
+        let not_authenticated = || TokenReviewError::NotAuthenticated {
+            at: at.clone(),
+            reason: "invalid bearer token".into(),
+        };
+        let expired = || TokenError::Expired {
+            expires_at: OffsetDateTime::UNIX_EPOCH,
+            now: OffsetDateTime::UNIX_EPOCH,
+        };
+        let not_configured = || KubeRefusal::NotConfigured {
+            cluster: "cluster \"c1\"".into(),
+        };
+        for (jwt, kube, reason) in [
+            // The JWKS files knew the issuer: their verdict.
+            (
+                Some(TokenError::BadSignature),
+                refused(not_authenticated()),
+                Refusal::TokenSignature,
+            ),
+            // They did not: TokenReview's.
+            (
+                Some(foreign()),
+                refused(not_authenticated()),
+                Refusal::TokenReview,
+            ),
+            (None, refused(not_authenticated()), Refusal::TokenReview),
+            // The API server's keys knew it, TokenReview refused too: the keys' verdict.
+            (
+                Some(foreign()),
+                KubeRefusal::Review {
+                    jwks: Some(ApiJwksError::Refused {
+                        at: at.clone(),
+                        error: expired(),
+                    }),
+                    review: not_authenticated(),
+                },
+                Refusal::TokenExpired,
+            ),
+            (
+                None,
+                KubeRefusal::Jwks(ApiJwksError::Refused {
+                    at: at.clone(),
+                    error: TokenError::UnsupportedAlg { alg: "none".into() },
+                }),
+                Refusal::TokenUnsigned,
+            ),
+            (
+                None,
+                refused(TokenReviewError::Status {
+                    at: at.clone(),
+                    status: 503,
+                    message: None,
+                }),
+                Refusal::KubeUnavailable,
+            ),
+            (Some(foreign()), not_configured(), Refusal::TokenIssuer),
+            (None, not_configured(), Refusal::TokenIssuer),
+        ] {
+            let err = AuthError::TokenRefused {
+                jwt,
+                kube: Box::new(kube),
+            };
+            assert_eq!(err.refusal(), reason, "{err}");
+        }
     }
 
     #[tokio::test]
@@ -372,20 +523,18 @@ mod tests {
             authorization: None,
             cluster_id: None,
         };
-        assert!(matches!(
-            auth.authenticate(&none, now).await,
-            Err(AuthError::NoCredential)
-        ));
+        let err = auth.authenticate(&none, now).await.unwrap_err();
+        assert!(matches!(err, AuthError::NoCredential));
+        assert_eq!(err.refusal(), Refusal::NoCredential);
         let t = format!("Bearer {}", token(&key, now, time::Duration::minutes(10)));
         let other = Credentials {
             peer_certs: None,
             authorization: Some(&t),
             cluster_id: Some("c2"),
         };
-        assert!(matches!(
-            auth.authenticate(&other, now).await,
-            Err(AuthError::WrongCluster { .. })
-        ));
+        let err = auth.authenticate(&other, now).await.unwrap_err();
+        assert!(matches!(err, AuthError::WrongCluster { .. }));
+        assert_eq!(err.refusal(), Refusal::ClusterNotServed);
         let basic = Credentials {
             peer_certs: None,
             authorization: Some("Basic abc"),

@@ -1,13 +1,14 @@
 //! Prometheus metrics with istiod's `citadel_server_*` names, plus reload, latency and expiry
-//! figures, in one registry; [`serve`] puts them at `/metrics` on the operations endpoint
-//! ([`meshca_http`]).
+//! figures and every refusal by its [`Refusal`] reason, in one registry; [`serve`] puts them at
+//! `/metrics` on the operations endpoint ([`meshca_http`]).
 
 use std::sync::Arc;
 
 use meshca_pki::Certificate;
 use meshca_pki::describe::hex_colons;
 use prometheus::{
-    Histogram, HistogramOpts, IntCounter, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
+    Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    TextEncoder,
 };
 use tokio::net::TcpListener;
 
@@ -17,6 +18,140 @@ use crate::issuer::LoadedCa;
 const BUCKETS: [f64; 12] = [
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0,
 ];
+
+/// Why a request, or the TLS handshake before it, was refused: the `reason` label of
+/// `meshca_ca_refused_requests_total`. Every refusal counts once, under the first check that
+/// failed; the set is fixed, and every reason is exported from the start at 0.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Refusal {
+    /// The TLS client offered no version above 1.1 (`tls_version`).
+    TlsVersion,
+    /// The TLS handshake failed otherwise: no common cipher suite or group, or a malformed
+    /// message (`tls_handshake`).
+    TlsHandshake,
+    /// The client certificate does not chain to a root of the CA in use: another mesh's root,
+    /// or a self-made one (`client_cert_untrusted`).
+    ClientCertUntrusted,
+    /// The client certificate has expired or is not valid yet (`client_cert_expired`).
+    ClientCertExpired,
+    /// The client certificate cannot be used otherwise: unreadable, not for client
+    /// authentication, or without a SPIFFE ID (`client_cert_invalid`).
+    ClientCertInvalid,
+    /// The caller's identity is in another trust domain (`foreign_trust_domain`).
+    ForeignTrustDomain,
+    /// The request names a cluster this CA does not serve (`cluster_not_served`).
+    ClusterNotServed,
+    /// Neither a client certificate nor a bearer token (`no_credential`).
+    NoCredential,
+    /// The token is not a compact JWS, is too long, or the `authorization` value is not
+    /// `Bearer <token>` (`token_malformed`).
+    TokenMalformed,
+    /// The token's algorithm is `none`: it carries no signature (`token_unsigned`).
+    TokenUnsigned,
+    /// The token's algorithm is neither ES256 nor RS256 (`token_algorithm`).
+    TokenAlgorithm,
+    /// No configured issuer or API server vouches for the token's issuer, another cluster's
+    /// for one (`token_issuer`).
+    TokenIssuer,
+    /// The token's issuer has no key of the token's key id or algorithm (`token_unknown_key`).
+    TokenUnknownKey,
+    /// The signature is not the issuer's over this header and payload: a forged key id, or a
+    /// payload changed after signing (`token_signature`).
+    TokenSignature,
+    /// The token is for another audience (`token_audience`).
+    TokenAudience,
+    /// The token has expired (`token_expired`).
+    TokenExpired,
+    /// The token is not valid yet (`token_not_yet_valid`).
+    TokenNotYetValid,
+    /// A claim is missing or unusable, or the token is not a service account's
+    /// (`token_claims`).
+    TokenClaims,
+    /// Kubernetes' TokenReview did not authenticate the token (`token_review`).
+    TokenReview,
+    /// The API server that vouches for the token could not be asked (`kube_unavailable`).
+    KubeUnavailable,
+    /// The CSR does not parse or its signature does not verify (`csr_invalid`).
+    CsrInvalid,
+    /// The CSR asks for a name other than the caller's identity (`csr_identity_mismatch`).
+    CsrIdentityMismatch,
+    /// The request asks to impersonate another identity (`impersonation`).
+    Impersonation,
+    /// The requested lifetime is above the maximum; it is refused, not shortened
+    /// (`ttl_above_max`).
+    TtlAboveMax,
+    /// The request is larger than [`crate::server::MAX_REQUEST_BYTES`] (`request_too_large`).
+    RequestTooLarge,
+}
+
+impl Refusal {
+    /// Every reason, in the order of the documentation.
+    pub const ALL: [Refusal; 25] = [
+        Refusal::TlsVersion,
+        Refusal::TlsHandshake,
+        Refusal::ClientCertUntrusted,
+        Refusal::ClientCertExpired,
+        Refusal::ClientCertInvalid,
+        Refusal::ForeignTrustDomain,
+        Refusal::ClusterNotServed,
+        Refusal::NoCredential,
+        Refusal::TokenMalformed,
+        Refusal::TokenUnsigned,
+        Refusal::TokenAlgorithm,
+        Refusal::TokenIssuer,
+        Refusal::TokenUnknownKey,
+        Refusal::TokenSignature,
+        Refusal::TokenAudience,
+        Refusal::TokenExpired,
+        Refusal::TokenNotYetValid,
+        Refusal::TokenClaims,
+        Refusal::TokenReview,
+        Refusal::KubeUnavailable,
+        Refusal::CsrInvalid,
+        Refusal::CsrIdentityMismatch,
+        Refusal::Impersonation,
+        Refusal::TtlAboveMax,
+        Refusal::RequestTooLarge,
+    ];
+
+    /// The `reason` label.
+    pub fn label(self) -> &'static str {
+        match self {
+            Refusal::TlsVersion => "tls_version",
+            Refusal::TlsHandshake => "tls_handshake",
+            Refusal::ClientCertUntrusted => "client_cert_untrusted",
+            Refusal::ClientCertExpired => "client_cert_expired",
+            Refusal::ClientCertInvalid => "client_cert_invalid",
+            Refusal::ForeignTrustDomain => "foreign_trust_domain",
+            Refusal::ClusterNotServed => "cluster_not_served",
+            Refusal::NoCredential => "no_credential",
+            Refusal::TokenMalformed => "token_malformed",
+            Refusal::TokenUnsigned => "token_unsigned",
+            Refusal::TokenAlgorithm => "token_algorithm",
+            Refusal::TokenIssuer => "token_issuer",
+            Refusal::TokenUnknownKey => "token_unknown_key",
+            Refusal::TokenSignature => "token_signature",
+            Refusal::TokenAudience => "token_audience",
+            Refusal::TokenExpired => "token_expired",
+            Refusal::TokenNotYetValid => "token_not_yet_valid",
+            Refusal::TokenClaims => "token_claims",
+            Refusal::TokenReview => "token_review",
+            Refusal::KubeUnavailable => "kube_unavailable",
+            Refusal::CsrInvalid => "csr_invalid",
+            Refusal::CsrIdentityMismatch => "csr_identity_mismatch",
+            Refusal::Impersonation => "impersonation",
+            Refusal::TtlAboveMax => "ttl_above_max",
+            Refusal::RequestTooLarge => "request_too_large",
+        }
+    }
+}
+
+impl std::fmt::Display for Refusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.label())
+    }
+}
 
 /// The server's counters and gauges. Updates are atomic; none takes a lock but the roots'.
 #[derive(Debug)]
@@ -44,6 +179,7 @@ pub struct Metrics {
     pub serving_cert_expiry_timestamp: IntGauge,
     signing_cert_expiry: IntGauge,
     root_expiry: IntGaugeVec,
+    refused: IntCounterVec,
     issuance_duration: Histogram,
 }
 
@@ -66,6 +202,25 @@ fn counter(r: &Registry, name: &str, help: &str) -> IntCounter {
         r,
         IntCounter::new(name, help).expect("metric names are valid"),
     )
+}
+
+/// The refusal counter, every reason present at 0.
+fn refused(r: &Registry) -> IntCounterVec {
+    let c = registered(
+        r,
+        IntCounterVec::new(
+            Opts::new(
+                "meshca_ca_refused_requests_total",
+                "Requests and TLS handshakes refused, by the first check that failed.",
+            ),
+            &["reason"],
+        )
+        .expect("metric names are valid"),
+    );
+    for reason in Refusal::ALL {
+        c.with_label_values(&[reason.label()]);
+    }
+    c
 }
 
 fn gauge(r: &Registry, name: &str, help: &str) -> IntGauge {
@@ -142,6 +297,7 @@ impl Metrics {
                 )
                 .expect("metric names are valid"),
             ),
+            refused: refused(&r),
             issuance_duration: registered(
                 &r,
                 Histogram::with_opts(
@@ -155,6 +311,16 @@ impl Metrics {
             ),
             registry: r,
         }
+    }
+
+    /// Counts one refusal.
+    pub fn refused(&self, reason: Refusal) {
+        self.refused.with_label_values(&[reason.label()]).inc();
+    }
+
+    /// How many refusals were counted for `reason`.
+    pub fn refused_count(&self, reason: Refusal) -> u64 {
+        self.refused.with_label_values(&[reason.label()]).get()
     }
 
     /// Records one issuance's duration.
@@ -230,6 +396,22 @@ mod tests {
             "meshca_ca_issuance_duration_seconds_count 1",
         ] {
             assert!(text.lines().any(|l| l == line), "{line:?} not in\n{text}");
+        }
+    }
+
+    #[test]
+    fn every_refusal_reason_is_exported_from_the_start_and_counted_alone() {
+        let m = Metrics::new();
+        m.refused(Refusal::TokenUnsigned);
+        let text = m.render();
+        let labels: std::collections::BTreeSet<_> =
+            Refusal::ALL.iter().map(|r| r.label()).collect();
+        assert_eq!(labels.len(), Refusal::ALL.len(), "labels are distinct");
+        for reason in Refusal::ALL {
+            let n = u64::from(reason == Refusal::TokenUnsigned);
+            let line = format!("meshca_ca_refused_requests_total{{reason=\"{reason}\"}} {n}");
+            assert!(text.lines().any(|l| l == line), "{line:?} not in\n{text}");
+            assert_eq!(m.refused_count(reason), n);
         }
     }
 }

@@ -2,6 +2,7 @@
 //! servers, bind the listeners, serve gRPC over TLS (or plaintext) and the health service,
 //! keep the CA and the keys current, stop on request.
 
+use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -13,6 +14,9 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
+use tonic::body::Body;
+use tonic::codegen::{BoxFuture, Context, Poll, Service};
+use tonic::server::NamedService;
 
 use crate::auth::Authenticator;
 use crate::clock::Clock;
@@ -20,7 +24,7 @@ use crate::coalesce::Coalesce;
 use crate::issuer::{CaHandle, IssuancePolicy};
 use crate::jwks::JwksFiles;
 use crate::kube_auth::{KubeAuth, KubeAuthError};
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, Refusal};
 use crate::proto::istio_certificate_service_server::IstioCertificateServiceServer;
 use crate::service::CaService;
 use crate::source::{self, CaError, CaSource};
@@ -283,8 +287,11 @@ pub async fn start(config: ServeConfig, clock: Arc<dyn Clock>) -> Result<Running
     health
         .set_serving::<IstioCertificateServiceServer<CaService>>()
         .await;
-    let grpc =
-        IstioCertificateServiceServer::new(service).max_decoding_message_size(MAX_REQUEST_BYTES);
+    let grpc = SizeLimited {
+        inner: IstioCertificateServiceServer::new(service)
+            .max_decoding_message_size(MAX_REQUEST_BYTES),
+        metrics: metrics.clone(),
+    };
     let router = tonic::transport::Server::builder()
         .add_service(health_service.clone())
         .add_service(grpc);
@@ -305,7 +312,12 @@ pub async fn start(config: ServeConfig, clock: Arc<dyn Clock>) -> Result<Running
         Some(tls) => {
             let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls.server_config()?));
             let (tx, rx) = mpsc::channel(256);
-            background.push(tokio::spawn(accept_tls(listener, acceptor, tx)));
+            background.push(tokio::spawn(accept_tls(
+                listener,
+                acceptor,
+                tx,
+                metrics.clone(),
+            )));
             let incoming = ReceiverStream::new(rx);
             tokio::spawn(async move {
                 router
@@ -329,6 +341,59 @@ pub async fn start(config: ServeConfig, clock: Arc<dyn Clock>) -> Result<Running
     })
 }
 
+/// The CA service behind the request size limit. tonic refuses a message above
+/// [`MAX_REQUEST_BYTES`] with `OUT_OF_RANGE` before the service sees it; this answers it as
+/// grpc-go, and so istiod, does, `RESOURCE_EXHAUSTED`, and counts it. The service itself never
+/// answers `OUT_OF_RANGE`.
+#[derive(Clone)]
+struct SizeLimited<S> {
+    inner: S,
+    metrics: Arc<Metrics>,
+}
+
+impl<S: NamedService> NamedService for SizeLimited<S> {
+    const NAME: &'static str = S::NAME;
+}
+
+impl<S> Service<http::Request<Body>> for SizeLimited<S>
+where
+    S: Service<http::Request<Body>, Response = http::Response<Body>, Error = Infallible>,
+    S::Future: Send + 'static,
+{
+    type Response = http::Response<Body>;
+    type Error = Infallible;
+    type Future = BoxFuture<Self::Response, Infallible>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: http::Request<Body>) -> Self::Future {
+        let answer = self.inner.call(request);
+        let metrics = self.metrics.clone();
+        Box::pin(async move {
+            let response = answer.await?;
+            match tonic::Status::from_header_map(response.headers()) {
+                Some(s) if s.code() == tonic::Code::OutOfRange => {
+                    metrics.refused(Refusal::RequestTooLarge);
+                    let size = s
+                        .message()
+                        .split_once("found ")
+                        .and_then(|(_, rest)| rest.split_once(' '))
+                        .map(|(n, _)| format!("{n} bytes"))
+                        .unwrap_or_else(|| "request".to_owned());
+                    tracing::info!(reason = %Refusal::RequestTooLarge, %size, "request refused");
+                    Ok(tonic::Status::resource_exhausted(format!(
+                        "request too large: {size}, more than the limit of {MAX_REQUEST_BYTES} bytes"
+                    ))
+                    .into_http())
+                }
+                _ => Ok(response),
+            }
+        })
+    }
+}
+
 type TlsConn = Coalesce<tokio_rustls::server::TlsStream<TcpStream>>;
 
 /// Accepts TCP connections and completes TLS handshakes off the accept loop, so that a client
@@ -337,6 +402,7 @@ async fn accept_tls(
     listener: TcpListener,
     acceptor: tokio_rustls::TlsAcceptor,
     tx: mpsc::Sender<Result<TlsConn, std::io::Error>>,
+    metrics: Arc<Metrics>,
 ) {
     loop {
         let (sock, peer) = match listener.accept().await {
@@ -350,12 +416,19 @@ async fn accept_tls(
         let _ = sock.set_nodelay(true);
         let acceptor = acceptor.clone();
         let tx = tx.clone();
+        let metrics = metrics.clone();
         tokio::spawn(async move {
             match tokio::time::timeout(StdDuration::from_secs(10), acceptor.accept(sock)).await {
                 Ok(Ok(conn)) => {
                     let _ = tx.send(Ok(Coalesce::new(conn))).await;
                 }
-                Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
+                Ok(Err(e)) => match crate::tls::handshake_refusal(&e) {
+                    Some(reason) => {
+                        metrics.refused(reason);
+                        tracing::info!(%peer, %reason, error = %e, "TLS handshake refused");
+                    }
+                    None => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
+                },
                 Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
             }
         });

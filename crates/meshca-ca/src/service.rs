@@ -10,7 +10,7 @@ use tonic::{Request, Response, Status};
 use crate::auth::{Authenticator, Credentials};
 use crate::clock::Clock;
 use crate::issuer::{CaHandle, IssuancePolicy, IssueError};
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, Refusal};
 use crate::proto::istio_certificate_service_server::IstioCertificateService;
 use crate::proto::{IstioCertificateRequest, IstioCertificateResponse};
 
@@ -21,6 +21,25 @@ pub struct CaService {
     pub(crate) policy: IssuancePolicy,
     pub(crate) metrics: Arc<Metrics>,
     pub(crate) clock: Arc<dyn Clock>,
+}
+
+impl CaService {
+    /// Counts and logs a refusal of an authenticated caller's request.
+    fn refused(&self, reason: Refusal, identity: &SpiffeId) {
+        self.metrics.refused(reason);
+        tracing::info!(%reason, %identity, "request refused");
+    }
+}
+
+/// The reason a refused request is counted under.
+fn request_refusal(e: &RequestError) -> Refusal {
+    match e {
+        RequestError::BadCsr(_) => Refusal::CsrInvalid,
+        RequestError::OtherIdentity { .. } | RequestError::OtherSan { .. } => {
+            Refusal::CsrIdentityMismatch
+        }
+        RequestError::Impersonation { .. } => Refusal::Impersonation,
+    }
 }
 
 #[tonic::async_trait]
@@ -47,25 +66,32 @@ impl IstioCertificateService for CaService {
             Ok(id) => id,
             Err(e) => {
                 self.metrics.authentication_failure_count.inc();
-                tracing::info!(reason = %e, "authentication failed");
+                self.metrics.refused(e.refusal());
+                tracing::info!(reason = %e.refusal(), error = %e, "authentication failed");
                 return Err(Status::unauthenticated(format!(
                     "request authenticate failure: {e}"
                 )));
             }
         };
         let msg = request.into_inner();
-        let csr = read_request(&msg, &identity).map_err(|e| match e {
-            RequestError::BadCsr(_) => {
-                self.metrics.csr_parsing_err_count.inc();
-                Status::invalid_argument(e.to_string())
+        let csr = read_request(&msg, &identity).map_err(|e| {
+            self.refused(request_refusal(&e), &identity);
+            match e {
+                RequestError::BadCsr(_) => {
+                    self.metrics.csr_parsing_err_count.inc();
+                    Status::invalid_argument(e.to_string())
+                }
+                _ => Status::permission_denied(e.to_string()),
             }
-            _ => Status::permission_denied(e.to_string()),
         })?;
         let ca = self.ca.load();
         let chain = ca
             .issue(&csr, &identity, msg.validity_duration, &self.policy, now)
             .map_err(|e| match e {
-                IssueError::TtlTooLong { .. } => Status::invalid_argument(e.to_string()),
+                IssueError::TtlTooLong { .. } => {
+                    self.refused(Refusal::TtlAboveMax, &identity);
+                    Status::invalid_argument(e.to_string())
+                }
                 other => {
                     tracing::error!(error = %other, "issuance failed");
                     Status::internal("certificate signing failed")

@@ -15,6 +15,7 @@ use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, UnixTi
 use time::{Duration, OffsetDateTime};
 
 use crate::issuer::LoadedCa;
+use crate::metrics::Refusal;
 
 /// istiod's serving names.
 pub const ISTIOD_DNS_NAMES: [&str; 3] = [
@@ -93,6 +94,42 @@ impl DynamicTls {
         cfg.alpn_protocols = vec![b"h2".to_vec()];
         Ok(cfg)
     }
+}
+
+/// The reason a failed handshake is counted under; `None` when the client went away or spoke
+/// no TLS, which refuses nothing. A hello of TLS 1.0 or 1.1 carries no `signature_algorithms`
+/// extension (TLS 1.2 brought it, and every 1.2 and 1.3 client sends it): rustls refuses it for
+/// that, with a `handshake_failure` alert, before it looks at the version, and it counts as
+/// [`Refusal::TlsVersion`].
+pub fn handshake_refusal(error: &std::io::Error) -> Option<Refusal> {
+    use rustls::{CertificateError, PeerIncompatible};
+    let tls = error.get_ref()?.downcast_ref::<rustls::Error>()?;
+    Some(match tls {
+        rustls::Error::PeerIncompatible(
+            PeerIncompatible::Tls12NotOffered
+            | PeerIncompatible::Tls12NotOfferedOrEnabled
+            | PeerIncompatible::SupportedVersionsExtensionRequired
+            | PeerIncompatible::SignatureAlgorithmsExtensionRequired,
+        ) => Refusal::TlsVersion,
+        rustls::Error::InvalidCertificate(CertificateError::UnknownIssuer) => {
+            Refusal::ClientCertUntrusted
+        }
+        rustls::Error::InvalidCertificate(
+            CertificateError::Expired
+            | CertificateError::ExpiredContext { .. }
+            | CertificateError::NotValidYet
+            | CertificateError::NotValidYetContext { .. },
+        ) => Refusal::ClientCertExpired,
+        rustls::Error::InvalidCertificate(_) | rustls::Error::NoCertificatesPresented => {
+            Refusal::ClientCertInvalid
+        }
+        rustls::Error::PeerIncompatible(_)
+        | rustls::Error::PeerMisbehaved(_)
+        | rustls::Error::InappropriateHandshakeMessage { .. }
+        | rustls::Error::InappropriateMessage { .. }
+        | rustls::Error::InvalidMessage(_) => Refusal::TlsHandshake,
+        _ => return None,
+    })
 }
 
 fn serving_key(
@@ -174,10 +211,19 @@ impl ClientCertVerifier for SwappableVerifier {
         intermediates: &[CertificateDer<'_>],
         now: UnixTime,
     ) -> Result<ClientCertVerified, rustls::Error> {
+        // A chain signed by another root of the same name as one of ours fails on its
+        // signature; to the client, as to the metrics, its issuer is unknown (an `unknown_ca`
+        // alert rather than `decrypt_error`).
         self.0
             .verifier
             .load()
             .verify_client_cert(end_entity, intermediates, now)
+            .map_err(|e| match e {
+                rustls::Error::InvalidCertificate(rustls::CertificateError::BadSignature) => {
+                    rustls::Error::InvalidCertificate(rustls::CertificateError::UnknownIssuer)
+                }
+                other => other,
+            })
     }
 
     fn verify_tls12_signature(

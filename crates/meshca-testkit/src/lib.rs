@@ -9,6 +9,7 @@ pub mod cfssl;
 pub mod istio;
 pub mod kube;
 pub mod process;
+pub mod s_client;
 
 use std::collections::BTreeMap;
 use std::ffi::OsStr;
