@@ -306,7 +306,6 @@ const PAIR_TRIES: u32 = 20;
 const PAIR_PAUSE: std::time::Duration = std::time::Duration::from_millis(5);
 
 /// A workload's files as one renewal wrote them.
-#[derive(Debug)]
 pub struct Pair {
     /// `cert-chain.pem`, leaf first.
     pub chain: Vec<Certificate>,
@@ -316,6 +315,15 @@ pub struct Pair {
     pub key: PrivateKey,
     /// `key.pem` as written.
     pub key_pem: String,
+}
+
+impl std::fmt::Debug for Pair {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pair")
+            .field("chain", &self.chain)
+            .field("key", &self.key)
+            .finish_non_exhaustive()
+    }
 }
 
 /// Reads `cert-chain.pem` and `key.pem` of `dir` as one pair. Each file is replaced atomically,

@@ -7,13 +7,23 @@ use meshca_pki::{CacertsBundle, CertificateRequest, PkiError, SpiffeId, Subject,
 use time::{Duration, OffsetDateTime};
 
 /// The CA in use: a checked bundle and the PEM elements every response ends with.
-#[derive(Debug)]
 pub struct LoadedCa {
     bundle: CacertsBundle,
     /// The signing certificate and each intermediate, one PEM element each, then the root bundle.
     tail: Vec<String>,
     /// The bytes it was loaded from, to notice changes.
     fingerprint: Vec<u8>,
+}
+
+/// The fingerprint is the files' bytes, the CA's key among them: only its size is shown.
+impl std::fmt::Debug for LoadedCa {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LoadedCa")
+            .field("bundle", &self.bundle)
+            .field("tail", &self.tail)
+            .field("fingerprint (bytes)", &self.fingerprint.len())
+            .finish()
+    }
 }
 
 impl LoadedCa {

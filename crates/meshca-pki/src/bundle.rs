@@ -69,7 +69,6 @@ pub const TLS_KEY: &str = "tls.key";
 pub const CA_CRT: &str = "ca.crt";
 
 /// A checked `cacerts` bundle.
-#[derive(Debug)]
 pub struct CacertsBundle {
     layout: Layout,
     signer: CaSigner,
@@ -77,6 +76,25 @@ pub struct CacertsBundle {
     roots: Vec<Certificate>,
     path: VerifiedPath,
     files: BundleFiles,
+}
+
+/// The files by name and size, never their bytes: one is the CA's private key.
+impl std::fmt::Debug for CacertsBundle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let sizes: BTreeMap<&str, usize> = self
+            .files
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.len()))
+            .collect();
+        f.debug_struct("CacertsBundle")
+            .field("layout", &self.layout)
+            .field("signer", &self.signer)
+            .field("intermediates", &self.intermediates)
+            .field("roots", &self.roots)
+            .field("path", &self.path)
+            .field("files (bytes)", &sizes)
+            .finish()
+    }
 }
 
 impl CacertsBundle {

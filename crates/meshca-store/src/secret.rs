@@ -10,7 +10,7 @@ use serde::Serialize;
 use crate::error::StoreError;
 
 /// A Secret manifest.
-#[derive(Debug, Serialize)]
+#[derive(Serialize)]
 pub struct SecretManifest {
     #[serde(rename = "apiVersion")]
     api_version: &'static str,
@@ -19,6 +19,17 @@ pub struct SecretManifest {
     #[serde(rename = "type")]
     secret_type: &'static str,
     data: BTreeMap<String, String>,
+}
+
+/// The data's names, never its contents: the manifest holds the CA's private key.
+impl std::fmt::Debug for SecretManifest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SecretManifest")
+            .field("metadata", &self.metadata)
+            .field("type", &self.secret_type)
+            .field("data", &self.data.keys().collect::<Vec<_>>())
+            .finish_non_exhaustive()
+    }
 }
 
 #[derive(Debug, Serialize)]

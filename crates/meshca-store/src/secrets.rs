@@ -76,12 +76,22 @@ impl fmt::Display for Version {
 }
 
 /// A secret as read: its data and the version that data is.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct Secret {
     /// What it holds.
     pub data: SecretData,
     /// The state it was read in.
     pub version: Version,
+}
+
+/// The data's names and sizes, never its bytes: a secret holds private keys.
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Secret")
+            .field("data (bytes)", &data_sizes(&self.data))
+            .field("version", &self.version)
+            .finish()
+    }
 }
 
 /// What a write expects to find: the precondition that turns a lost update into a conflict.
@@ -122,7 +132,7 @@ impl fmt::Display for Expect {
 }
 
 /// One secret to replace, for [`SecretStore::write_all`].
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy)]
 pub struct SecretWrite<'a> {
     /// Which secret.
     pub key: &'a SecretKey,
@@ -130,6 +140,21 @@ pub struct SecretWrite<'a> {
     pub data: &'a SecretData,
     /// What the writer read before deciding to write.
     pub expect: &'a Expect,
+}
+
+impl fmt::Debug for SecretWrite<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SecretWrite")
+            .field("key", self.key)
+            .field("data (bytes)", &data_sizes(self.data))
+            .field("expect", self.expect)
+            .finish()
+    }
+}
+
+/// The names and sizes of a secret's data, for `Debug`: never its bytes, which hold private keys.
+fn data_sizes(data: &SecretData) -> BTreeMap<&str, usize> {
+    data.iter().map(|(k, v)| (k.as_str(), v.len())).collect()
 }
 
 /// Where clusters' secrets live: clusters listed, secrets read with their version and replaced
