@@ -1,6 +1,7 @@
 //! Test support shared by meshca's integration tests: running the real `openssl` CLI as an
 //! independent checker, snapshots of folders to prove that a failed run changed nothing, Istio's
-//! sample certificates from its Go module, and ([`kube`]) a real Kubernetes control plane on loopback.
+//! sample certificates from its Go module, bundles issued by `openssl ca` ([`openssl_ca`]), and
+//! ([`kube`]) a real Kubernetes control plane on loopback.
 
 #![forbid(unsafe_code)]
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -8,6 +9,7 @@
 pub mod cfssl;
 pub mod istio;
 pub mod kube;
+pub mod openssl_ca;
 pub mod process;
 pub mod s_client;
 

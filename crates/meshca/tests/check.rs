@@ -1,13 +1,14 @@
 //! `meshca check`: bundles from `meshca certs` pass every check, and each check is broken by a
 //! bundle that breaks exactly that property. The broken material is made by the `openssl` CLI
-//! (SHA-1, restricted extended key usage, RSA-1024, dates meshca refuses to make), which also
-//! serves as the independent judge of the healthy bundle.
+//! (SHA-1, restricted extended key usage, RSA-1024, dates meshca refuses to make; the testkit's
+//! `openssl_ca`), which also serves as the independent judge of the healthy bundle.
 
 #![allow(clippy::unwrap_used)] // test helpers panic on setup failures by design
 
 use std::fs;
 use std::path::Path;
 
+use meshca_testkit::openssl_ca::{GOOD_CA_EXT, P256, RSA1024, YEAR, openssl_bundle};
 use meshca_testkit::{Run, openssl, run_in};
 use time::{Duration, OffsetDateTime};
 
@@ -43,80 +44,8 @@ fn copy(d: &Path, from: &str, to: &str) {
     fs::copy(d.join(from), d.join(to)).unwrap();
 }
 
-const GOOD_CA_EXT: &str = "basicConstraints = critical, CA:TRUE\n\
-    keyUsage = critical, keyCertSign, cRLSign, digitalSignature\n\
-    subjectKeyIdentifier = hash\nauthorityKeyIdentifier = keyid\n";
-const YEAR: &[&str] = &["-days", "365"];
-const P256: &[&str] = &["-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256"];
-const RSA1024: &[&str] = &["-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:1024"];
-
 fn openssl_ok(d: &Path, args: &[&str]) {
     openssl(d, args).ok();
-}
-
-/// Makes `name/` an Istio-layout bundle whose signing certificate the `openssl` CLI issued under
-/// the root in `d` (`root-cert.pem`, `root-key.pem`): a key made with `genpkey` `algorithm`,
-/// `ext` as its extensions, `ca_args` for `openssl ca` (lifetime, digest).
-fn openssl_bundle(d: &Path, name: &str, algorithm: &[&str], ext: &str, ca_args: &[&str]) {
-    if !d.join("ca.cnf").exists() {
-        fs::write(
-            d.join("ca.cnf"),
-            "[ca]\ndefault_ca = test_ca\n[test_ca]\ndatabase = index.txt\nnew_certs_dir = .\n\
-             serial = serial\ndefault_md = sha256\npolicy = any\nunique_subject = no\n\
-             preserve = yes\ncopy_extensions = none\n[any]\norganizationName = optional\ncommonName = supplied\n",
-        )
-        .unwrap();
-        fs::write(d.join("index.txt"), "").unwrap();
-        fs::write(d.join("serial"), "1000\n").unwrap();
-    }
-    fs::create_dir_all(d.join(name)).unwrap();
-    let at = |f: &str| format!("{name}/{f}");
-    let mut genpkey = vec!["genpkey".to_owned(), "-out".to_owned(), at("ca-key.pem")];
-    genpkey.extend(algorithm.iter().map(|s| (*s).to_owned()));
-    let genpkey: Vec<&str> = genpkey.iter().map(String::as_str).collect();
-    openssl_ok(d, &genpkey);
-    let subject = format!("/O=Test/CN={name}");
-    openssl_ok(
-        d,
-        &[
-            "req",
-            "-new",
-            "-key",
-            &at("ca-key.pem"),
-            "-subj",
-            &subject,
-            "-out",
-            &at("ca.csr"),
-        ],
-    );
-    fs::write(d.join(at("ca.ext")), ext).unwrap();
-    let (csr, cert, ext_file) = (at("ca.csr"), at("ca-cert.pem"), at("ca.ext"));
-    let mut args = vec![
-        "ca",
-        "-batch",
-        "-config",
-        "ca.cnf",
-        "-notext",
-        "-cert",
-        "root-cert.pem",
-        "-keyfile",
-        "root-key.pem",
-        "-in",
-        &csr,
-        "-out",
-        &cert,
-        "-extfile",
-        &ext_file,
-    ];
-    args.extend_from_slice(ca_args);
-    openssl_ok(d, &args);
-    let chain = [
-        fs::read(d.join(at("ca-cert.pem"))).unwrap(),
-        fs::read(d.join("root-cert.pem")).unwrap(),
-    ]
-    .concat();
-    fs::write(d.join(at("cert-chain.pem")), chain).unwrap();
-    copy(d, "root-cert.pem", &at("root-cert.pem"));
 }
 
 /// `YYYYMMDDHHMMSSZ`, as `openssl ca -startdate` takes it.
