@@ -13,6 +13,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use meshca_ca::issuer::IssuancePolicy;
+use meshca_ca::metrics::Refusal;
 use meshca_ca::proto::IstioCertificateRequest;
 use meshca_ca::proto::istio_certificate_service_client::IstioCertificateServiceClient;
 use meshca_ca::{
@@ -286,6 +287,11 @@ fn refused(result: Result<Vec<String>, tonic::Status>, token: &str) -> String {
     msg
 }
 
+/// How many refusals `server` counted for `reason`.
+fn counted(server: &Running, reason: Refusal) -> u64 {
+    server.metrics.refused_count(reason)
+}
+
 fn spiffe(ns: &str, sa: &str) -> Vec<String> {
     vec![format!("spiffe://{TD}/ns/{ns}/sa/{sa}")]
 }
@@ -368,15 +374,18 @@ async fn token_review_by_a_least_privileged_reviewer_accepts_exactly_the_tokens_
 
     // Cluster2's token for the same namespace and service account, presented as cluster1's.
     let foreign = cp.token("cluster2", "foo", "bar", "istio-ca");
+    let reviewed = counted(&server, Refusal::TokenReview);
     for cluster in [None, Some("cluster1")] {
         let msg = refused(ask(&mut c, &foreign, cluster).await, &foreign);
         assert!(msg.contains("not authenticated"), "{msg}");
     }
+    assert_eq!(counted(&server, Refusal::TokenReview) - reviewed, 2);
     // ... and a cluster this server does not serve is refused before any review.
     let before = cp.token_reviews("cluster1");
     let msg = refused(ask(&mut c, &foreign, Some("cluster2")).await, &foreign);
     assert!(msg.contains("this CA serves [\"cluster1\"]"), "{msg}");
     assert_eq!(cp.token_reviews("cluster1"), before);
+    assert_eq!(counted(&server, Refusal::ClusterNotServed), 1);
 
     // A burst with one token: one review for all of them, at the same time and afterwards.
     let burst = cp.token("cluster1", "foo", "bar", "istio-ca");
@@ -637,6 +646,7 @@ async fn the_api_servers_jwks_verifies_tokens_locally_without_a_token_review() {
         "{msg}"
     );
     assert!(msg.contains("audience"), "{msg}");
+    assert_eq!(counted(&server, Refusal::TokenAudience), 1);
 
     // Signed by another key, under the API server's key id, and under a key id of its own.
     let stranger_pem = PrivateKey::generate(KeyType::Rsa2048)
@@ -648,6 +658,7 @@ async fn the_api_servers_jwks_verifies_tokens_locally_without_a_token_review() {
     let forged = sign_as(&cp, "cluster1", &stranger, "foo", "bar", now, now + hour);
     let msg = refused(ask(&mut c, &forged, None).await, &forged);
     assert!(msg.contains("signature"), "{msg}");
+    assert_eq!(counted(&server, Refusal::TokenSignature), 1);
     let own_kid = meshca_token::mint(
         &meshca_token::ServiceAccountClaims {
             issuer: cp.issuer("cluster1").to_owned(),
@@ -662,11 +673,13 @@ async fn the_api_servers_jwks_verifies_tokens_locally_without_a_token_review() {
     .unwrap();
     let msg = refused(ask(&mut c, &own_kid, None).await, &own_kid);
     assert!(msg.contains("no key with kid"), "{msg}");
+    assert_eq!(counted(&server, Refusal::TokenUnknownKey), 1);
 
     // Cluster2's token: another issuer.
     let foreign = cp.token("cluster2", "foo", "bar", "istio-ca");
     let msg = refused(ask(&mut c, &foreign, None).await, &foreign);
     assert!(msg.contains("https://cluster2.meshca.test"), "{msg}");
+    assert_eq!(counted(&server, Refusal::TokenIssuer), 1);
 
     // Expired, with the cluster's own key: refused by the clock here.
     let expired = signed_token(
@@ -679,6 +692,7 @@ async fn the_api_servers_jwks_verifies_tokens_locally_without_a_token_review() {
     );
     let msg = refused(ask(&mut c, &expired, None).await, &expired);
     assert!(msg.contains("expired"), "{msg}");
+    assert_eq!(counted(&server, Refusal::TokenExpired), 1);
 
     // What local verification cannot see: the service account is gone, its token still works
     // until it expires. (TokenReview is what sees this.)
@@ -772,7 +786,9 @@ async fn an_api_server_that_is_down_or_hangs_is_a_refusal_within_the_timeout() {
     cp.kill("cluster2");
     let fresh = cp.token("cluster1", "foo", "bar", "istio-ca");
     let began = Instant::now();
+    let unavailable = counted(&server, Refusal::KubeUnavailable);
     let msg = refused(ask(&mut c, &fresh, Some("cluster2")).await, &fresh);
+    assert_eq!(counted(&server, Refusal::KubeUnavailable) - unavailable, 1);
     assert!(began.elapsed() < timeout + Duration::from_secs(2));
     assert!(msg.contains("(cluster \"cluster2\")"), "{msg}");
     assert!(
