@@ -116,8 +116,14 @@ impl StoreArgs {
                     "--cluster {c}: NAME=CONTEXT is for the Kubernetes store (--store kube)"
                 );
             }
-            let dir = self.store.as_deref().unwrap_or_default();
-            return Ok(Store::Folder(FolderStore::open(std::path::Path::new(dir))?));
+            let dir = std::path::Path::new(self.store.as_deref().unwrap_or_default());
+            // A mistyped --store would otherwise be a new, empty store: a root and no cluster.
+            match std::fs::metadata(dir) {
+                Ok(m) if m.is_dir() => {}
+                Ok(_) => anyhow::bail!("--store {}: not a folder", dir.display()),
+                Err(e) => anyhow::bail!("--store {}: cannot open the store: {e}", dir.display()),
+            }
+            return Ok(Store::Folder(FolderStore::open(dir)?));
         }
         let mut sources = meshca_kube::ClusterSources {
             kubeconfig: self.kubeconfig.clone(),

@@ -165,16 +165,14 @@ pub fn cases() -> Vec<Case> {
             None
         }),
         Case::new(
-            "trust apply: a store that is a file",
-            &[
-                "trust",
-                "apply",
-                "-f",
-                "policy.yaml",
-                "--store",
-                "policy.yaml",
-            ],
-            error("cannot create store folder", "policy.yaml"),
+            "trust apply: a store that is not there",
+            &["trust", "apply", "-f", "policy.yaml", "--store", "nowhere"],
+            error("No such file or directory", "--store nowhere"),
+        ),
+        Case::new(
+            "trust status: a store that is a file",
+            &["trust", "status", "--store", "policy.yaml"],
+            error("not a folder", "--store policy.yaml"),
         ),
         Case::new(
             "trust apply: junk as the root's secret",
