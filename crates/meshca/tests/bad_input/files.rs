@@ -1,5 +1,5 @@
 //! Cases of the commands that read and write files alone: `certs`, `secret`, `inspect`,
-//! `check`, `verify` and `token`.
+//! `check`, `verify`, `token`, and the folders `quickstart` and `man` write into.
 
 use std::ffi::OsStr;
 use std::fs;
