@@ -13,6 +13,13 @@ pub struct Args {
 }
 
 pub fn run(a: Args) -> anyhow::Result<ExitCode> {
+    // The story is the output; the servers' and agents' logs only when MESHCA_LOG asks for them.
+    let filter = tracing_subscriber::EnvFilter::try_from_env("MESHCA_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("off"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
     std::fs::create_dir_all(&a.dir)
         .map_err(|e| anyhow::anyhow!("{}: cannot create: {e}", a.dir.display()))?;
     let rt = tokio::runtime::Builder::new_multi_thread()

@@ -319,6 +319,13 @@ fn a_quickstart_logging_at_trace_prints_no_key_and_writes_each_key_0600() {
     );
     assert!(out.status.success(), "quickstart failed:\n{log}");
     assert!(log.contains("== OK"), "{log}");
+    // The in-process CA servers, agents and trust manager logged at trace too.
+    for line in ["TRACE", "serving IstioCertificateService"] {
+        assert!(
+            log.contains(line),
+            "{line:?} not in the quickstart's output"
+        );
+    }
 
     let keys = key_files(&d.join("qs"));
     // Root, intermediates, workloads, the token issuer: more than a handful.
