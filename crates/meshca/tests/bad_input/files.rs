@@ -151,6 +151,11 @@ fn certs() -> Vec<Case> {
         )
         .arg_bytes(1, b"\xff-cacerts"),
         Case::new(
+            "certs: -C a file",
+            &["certs", "-C", "c1/ca-cert.pem", "root-ca"],
+            error("exists and is not a folder", "c1/ca-cert.pem"),
+        ),
+        Case::new(
             "certs: a target with a path in its name",
             &["certs", "../evil-cacerts"],
             error("target", "../evil"),
@@ -311,6 +316,11 @@ fn secret() -> Vec<Case> {
             None
         }),
         Case::new(
+            "secret: a format there is not",
+            &["secret", "c1", "--format", "pkcs12"],
+            usage("invalid value 'pkcs12'", "--format"),
+        ),
+        Case::new(
             "secret: an RSA-1024 intermediate",
             &["secret", "weak"],
             error("RSA-1024", "weak/ca-key.pem"),
@@ -424,6 +434,26 @@ fn check() -> Vec<Case> {
             crate::world::copy_tree(&d.join("mism"), &to);
             None
         }),
+        Case::new(
+            "check: an intermediate restricted to clientAuth",
+            &["check", "eku"],
+            finding("without serverAuth", "ca-cert.pem"),
+        ),
+        Case::new(
+            "check: a SHA-1 signed intermediate",
+            &["check", "sha1"],
+            finding("signed with ecdsa-with-SHA1", "ca-cert.pem"),
+        ),
+        Case::new(
+            "check: a CA below a pathlen:0 CA",
+            &["check", "pathlen"],
+            finding("has pathlen:0", "root-cert.pem[1]"),
+        ),
+        Case::new(
+            "check: a not yet valid intermediate",
+            &["check", "notyet"],
+            finding("is not valid before 2090-01-01T00:00:00Z", "ca-cert.pem"),
+        ),
         Case::new(
             "check: --warn-days not a number",
             &["check", "c1", "--warn-days", "soon"],
@@ -578,6 +608,23 @@ fn token() -> Vec<Case> {
             error(
                 "RSA-1024, which meshca does not sign tokens with",
                 "csr/rsa1024.key",
+            ),
+        ),
+        Case::new(
+            "token issue: a namespace with a path in it",
+            &[
+                "token",
+                "issue",
+                "--ns",
+                "../x",
+                "--sa",
+                "sleep",
+                "--key",
+                "jwt-key.pem",
+            ],
+            error(
+                "only lowercase letters",
+                "namespace: invalid value \"../x\"",
             ),
         ),
         Case::new(

@@ -103,6 +103,22 @@ fn startup_cases() -> Vec<Case> {
             None
         }),
         Case::new(
+            "serve: a trust domain with a space",
+            &[
+                "serve",
+                "--cacerts",
+                "c1",
+                "--listen",
+                "127.0.0.1:0",
+                "--trust-domain",
+                "bad domain",
+            ],
+            error(
+                "only lowercase letters",
+                "trust domain: invalid value \"bad domain\"",
+            ),
+        ),
+        Case::new(
             "serve: --jwt-issuer without a file",
             &["serve", "--cacerts", "c1", "--jwt-issuer", "k8s"],
             error("ISSUER=JWKS_FILE", "--jwt-issuer"),

@@ -252,6 +252,32 @@ pub fn cases() -> Vec<Case> {
             None
         }),
         Case::new(
+            "trust rotate-root: a secret name with two slashes",
+            &[
+                "trust",
+                "rotate-root",
+                "-f",
+                "policy.yaml",
+                "--store",
+                "store",
+                "--to-secret",
+                "a/b/c",
+            ],
+            error("expected NAME or NAMESPACE/NAME", "--to-secret \"a/b/c\""),
+        ),
+        Case::new(
+            "trust simulate: no clusters",
+            &[
+                "trust",
+                "simulate",
+                "--policy",
+                "policy.yaml",
+                "--clusters",
+                "0",
+            ],
+            error("--clusters at least 2", "simulate"),
+        ),
+        Case::new(
             "trust status: an unknown field",
             &["trust", "status", "-f", "bad.yaml", "--store", "store"],
             error(UNKNOWN, "bad.yaml"),
