@@ -9,7 +9,7 @@ use meshca_pki::Certificate;
 use time::{Duration, OffsetDateTime};
 
 use crate::client::{self, AgentError, Credential, Request};
-use crate::schedule::{Backoff, renew_at};
+use crate::schedule::{Backoff, renew_at_received};
 
 /// What the loop needs besides the request.
 pub struct Agent {
@@ -84,7 +84,9 @@ impl Agent {
                     backoff.succeeded();
                     on_renewed(&leaf);
                     let jitter = random_unit();
-                    let at = renew_at(
+                    // Counted from when the request went out, the moment this loop decided on.
+                    let at = renew_at_received(
+                        now,
                         leaf.not_before(),
                         leaf.not_after(),
                         self.grace_ratio,

@@ -24,6 +24,21 @@ pub fn renew_at(
     (base - early).max(not_before)
 }
 
+/// When to renew a certificate valid until `not_after` that arrived at `received`: [`renew_at`]
+/// over its life from the later of `received` and `not_before`, as istio-agent counts it from
+/// the moment it got the certificate. CAs backdate `notBefore` (meshca and istiod by two
+/// minutes) against clock skew; counted from there, a lifetime of a few minutes or less would
+/// put the renewal moment in the past at once, and the agent would renew without pause.
+pub fn renew_at_received(
+    received: OffsetDateTime,
+    not_before: OffsetDateTime,
+    not_after: OffsetDateTime,
+    ratio: f64,
+    jitter: f64,
+) -> OffsetDateTime {
+    renew_at(not_before.max(received), not_after, ratio, jitter)
+}
+
 /// Capped exponential backoff: 1 s, 2 s, 4 s, ... up to 60 s.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Backoff {
@@ -89,6 +104,32 @@ mod tests {
             now += Duration::minutes(1);
         }
         assert_eq!(renewed, 1);
+    }
+
+    #[test]
+    fn a_backdated_short_certificate_is_renewed_at_half_the_life_left_when_it_came() {
+        let received = datetime!(2026-11-23 12:00 UTC);
+        // 90 s asked for, notBefore backdated by two minutes.
+        let nb = received - Duration::minutes(2);
+        let na = received + Duration::seconds(90);
+        assert!(
+            renew_at(nb, na, 0.5, 0.0) < received,
+            "from notBefore: already due"
+        );
+        assert_eq!(
+            renew_at_received(received, nb, na, 0.5, 0.0),
+            received + Duration::seconds(45)
+        );
+        assert_eq!(
+            renew_at_received(received, nb, na, 0.5, 1.0),
+            received + Duration::seconds(36)
+        );
+        // A certificate that is not backdated is renewed as before.
+        let later = received + Duration::hours(1);
+        assert_eq!(
+            renew_at_received(received, later, later + Duration::hours(24), 0.5, 0.0),
+            later + Duration::hours(12)
+        );
     }
 
     #[test]
