@@ -9,7 +9,6 @@ use meshca_ca::proto::istio_certificate_service_client::IstioCertificateServiceC
 use meshca_pki::{
     Certificate, KeyType, PkiError, PrivateKey, SpiffeId, TrustDomain, make_csr_pem, verify_path,
 };
-use meshca_store::{FileSpec, Transaction};
 use time::OffsetDateTime;
 use tonic::transport::{Channel, ClientTlsConfig, Identity};
 
@@ -32,6 +31,14 @@ pub enum AgentError {
         addr: String,
         /// why
         reason: String,
+    },
+    /// The CA did not answer in time (connecting, the TLS handshake and the call together).
+    #[error("CA {addr}: no answer within {after:?}")]
+    Timeout {
+        /// the CA address
+        addr: String,
+        /// how long the agent waited
+        after: std::time::Duration,
     },
     /// The CA refused.
     #[error("CA {addr} refused: {code:?}: {message}")]
@@ -106,6 +113,13 @@ pub struct Request {
     pub cluster_id: Option<String>,
 }
 
+/// How long connecting to the CA, the TLS handshake and the call may take together, unless
+/// told otherwise ([`obtain_within`]).
+pub const DEFAULT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(15);
+
+/// The longest a connection (TCP and TLS) may take when the whole request may take longer.
+const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// A certificate that checked out.
 #[derive(Debug)]
 pub struct Issued {
@@ -165,8 +179,32 @@ pub fn identity_from_token(
 }
 
 /// Asks the CA for a certificate and checks the answer: at least a leaf and a root, the leaf
-/// for our key and our identity, verifying to a root of the bundle sent.
+/// for our key and our identity, verifying to a root of the bundle sent; within
+/// [`DEFAULT_TIMEOUT`].
 pub async fn obtain(req: &Request, now: OffsetDateTime) -> Result<Issued, AgentError> {
+    obtain_within(req, now, DEFAULT_TIMEOUT).await
+}
+
+/// [`obtain`], connecting, the TLS handshake and the call taking at most `timeout` together: a
+/// CA that accepts the connection and then says nothing costs `timeout`, never more.
+pub async fn obtain_within(
+    req: &Request,
+    now: OffsetDateTime,
+    timeout: std::time::Duration,
+) -> Result<Issued, AgentError> {
+    tokio::time::timeout(timeout, exchange(req, now, timeout))
+        .await
+        .map_err(|_| AgentError::Timeout {
+            addr: req.ca_addr.clone(),
+            after: timeout,
+        })?
+}
+
+async fn exchange(
+    req: &Request,
+    now: OffsetDateTime,
+    timeout: std::time::Duration,
+) -> Result<Issued, AgentError> {
     let connect_err = |reason: String| AgentError::Connect {
         addr: req.ca_addr.clone(),
         reason,
@@ -177,12 +215,16 @@ pub async fn obtain(req: &Request, now: OffsetDateTime) -> Result<Issued, AgentE
     if let Credential::ClientCert { chain_pem, key_pem } = &req.credential {
         tls = tls.identity(Identity::from_pem(chain_pem, key_pem));
     }
-    let channel = Channel::from_shared(format!("https://{}", req.ca_addr))
+    let mut endpoint = Channel::from_shared(format!("https://{}", req.ca_addr))
         .map_err(|e| connect_err(e.to_string()))?
         .tls_config(tls)
-        .map_err(|e| connect_err(e.to_string()))?
-        .connect_timeout(std::time::Duration::from_secs(5))
-        .timeout(std::time::Duration::from_secs(15))
+        .map_err(|e| connect_err(e.to_string()))?;
+    // The whole exchange is bounded by `timeout` in `obtain_within`; a shorter bound on
+    // connecting applies only when it is shorter, so that one timeout names what happened.
+    if CONNECT_TIMEOUT < timeout {
+        endpoint = endpoint.connect_timeout(CONNECT_TIMEOUT);
+    }
+    let channel = endpoint
         .connect()
         .await
         .map_err(|e| connect_err(format!("{e}{}", source_chain(&e))))?;
@@ -217,12 +259,19 @@ pub async fn obtain(req: &Request, now: OffsetDateTime) -> Result<Issued, AgentE
     check_answer(req, key, answer, now)
 }
 
+/// The causes of `e`, each as `: cause`, leaving out a cause whose text was already said (the
+/// layers under tonic repeat their source's message), so the error stays one short line.
 fn source_chain(e: &dyn std::error::Error) -> String {
+    let mut said = e.to_string();
     let mut s = String::new();
     let mut cur = e.source();
     while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
+        let text = c.to_string();
+        if !said.contains(&text) {
+            s.push_str(": ");
+            s.push_str(&text);
+            said.push_str(&text);
+        }
         cur = c.source();
     }
     s
@@ -285,18 +334,15 @@ fn concat_elements(elements: &[String]) -> String {
 }
 
 /// Writes `cert-chain.pem` (leaf, intermediates, root bundle), `key.pem` (0600) and
-/// `root-cert.pem` into `dir`, all or none.
+/// `root-cert.pem` into `dir`, all or none, swapped in together as a secret volume is (each a
+/// link through `..data`): an agent killed at any moment leaves a certificate and its own key.
 pub fn write_files(dir: &Path, issued: &Issued) -> Result<(), AgentError> {
-    let mut tx = Transaction::new();
-    tx.write(
-        dir,
-        vec![
-            FileSpec::public(CERT_CHAIN, issued.chain_pem.clone()),
-            FileSpec::private(KEY, issued.key.to_pkcs8_pem()),
-            FileSpec::public(ROOT_CERT, issued.roots_pem.clone()),
-        ],
-    );
-    tx.commit()?;
+    let files = meshca_store::SecretData::from([
+        (CERT_CHAIN.to_owned(), issued.chain_pem.clone().into_bytes()),
+        (KEY.to_owned(), issued.key.to_pkcs8_pem().into_bytes()),
+        (ROOT_CERT.to_owned(), issued.roots_pem.clone().into_bytes()),
+    ]);
+    meshca_store::folder::replace_folder(dir, &files)?;
     Ok(())
 }
 
@@ -382,6 +428,34 @@ pub fn current(dir: &Path) -> Option<(String, String, OffsetDateTime, OffsetDate
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn causes_are_said_once() {
+        #[derive(Debug)]
+        struct E(&'static str, Option<Box<E>>);
+        impl std::fmt::Display for E {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(self.0)
+            }
+        }
+        impl std::error::Error for E {
+            fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+                self.1.as_deref().map(|e| e as _)
+            }
+        }
+        let refused = || Some(Box::new(E("Connection refused (os error 111)", None)));
+        let e = E(
+            "transport error",
+            Some(Box::new(E(
+                "tcp connect error",
+                Some(Box::new(E("tcp connect error", refused()))),
+            ))),
+        );
+        assert_eq!(
+            source_chain(&e),
+            ": tcp connect error: Connection refused (os error 111)"
+        );
+    }
 
     #[test]
     fn elements_are_joined_as_istio_agent_joins_them() {

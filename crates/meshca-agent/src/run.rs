@@ -65,21 +65,41 @@ impl Agent {
 
     /// Obtains and writes one certificate; returns the leaf.
     pub async fn once(&self, now: OffsetDateTime) -> Result<Certificate, AgentError> {
+        self.once_within(now, client::DEFAULT_TIMEOUT).await
+    }
+
+    /// [`Self::once`], the request to the CA taking at most `timeout` ([`client::obtain_within`]).
+    pub async fn once_within(
+        &self,
+        now: OffsetDateTime,
+        timeout: std::time::Duration,
+    ) -> Result<Certificate, AgentError> {
         let mut req = self.request.clone();
         req.credential = self.credential()?;
         req.ca_root_pem = self.ca_roots()?;
-        let issued = client::obtain(&req, now).await?;
+        let issued = client::obtain_within(&req, now, timeout).await?;
         client::write_files(&self.output_dir, &issued)?;
         Ok(issued.leaf().clone())
     }
 
     /// Runs until the task is dropped; `on_renewed` hears about every new certificate. Every
     /// decision takes `now` from `clock`, and every wait is a wait on it.
-    pub async fn run(&self, clock: &dyn Clock, mut on_renewed: impl FnMut(&Certificate)) {
+    pub async fn run(&self, clock: &dyn Clock, on_renewed: impl FnMut(&Certificate)) {
+        self.run_within(clock, client::DEFAULT_TIMEOUT, on_renewed)
+            .await;
+    }
+
+    /// [`Self::run`], each request to the CA taking at most `timeout`.
+    pub async fn run_within(
+        &self,
+        clock: &dyn Clock,
+        timeout: std::time::Duration,
+        mut on_renewed: impl FnMut(&Certificate),
+    ) {
         let mut backoff = Backoff::new();
         loop {
             let now = clock.now();
-            let wait = match self.once(now).await {
+            let wait = match self.once_within(now, timeout).await {
                 Ok(leaf) => {
                     backoff.succeeded();
                     on_renewed(&leaf);

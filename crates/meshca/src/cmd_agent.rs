@@ -41,6 +41,10 @@ pub struct Args {
     /// Where cert-chain.pem, key.pem and root-cert.pem are written.
     #[arg(long, env = "OUTPUT_CERTS", default_value = "./etc/certs")]
     output_dir: PathBuf,
+    /// How long one request to the CA may take, connecting and the TLS handshake included; a CA
+    /// that does not answer in time counts as unreachable, and the agent backs off.
+    #[arg(long, default_value = "15s", value_parser = crate::cmd_serve::parse_duration)]
+    ca_timeout: time::Duration,
     /// The cluster sent as `clusterid` metadata.
     #[arg(long, env = "ISTIO_META_CLUSTER_ID")]
     cluster_id: Option<String>,
@@ -129,12 +133,19 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
         token_file: a.token_file,
         ca_root_file: Some(a.ca_root),
     };
+    let timeout = std::time::Duration::from_millis(
+        u64::try_from(a.ca_timeout.whole_milliseconds())
+            .unwrap_or(u64::MAX)
+            .max(1),
+    );
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
     rt.block_on(async move {
         if a.once {
-            let leaf = agent.once(time::OffsetDateTime::now_utc()).await?;
+            let leaf = agent
+                .once_within(time::OffsetDateTime::now_utc(), timeout)
+                .await?;
             println!(
                 "{}: wrote {} (valid until {})",
                 leaf.uris().first().cloned().unwrap_or_default(),
@@ -147,7 +158,7 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
         let listen = a.mtls_listen;
         let dir = a.output_dir.clone();
         agent
-            .run(&meshca_ca::SystemClock, |_| {
+            .run_within(&meshca_ca::SystemClock, timeout, |_| {
                 if let Some(e) = &endpoint {
                     if let Err(err) = e.reload() {
                         tracing::warn!(error = %err, "mTLS endpoint kept its old certificate");
