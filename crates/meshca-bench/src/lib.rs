@@ -1,11 +1,13 @@
 //! Shared pieces of meshca's benchmark harnesses: timing commands and summarising samples.
 //! Harnesses are binaries under `src/bin/`; they print Markdown tables for `docs/BENCHMARKS.md`.
-//! The CA load generators (`ca-load`, `istiod-load`) share [`load`], [`server`] and [`pki`].
+//! The CA load generators (`ca-load`, `istiod-load`) share [`load`], [`server`] and [`pki`];
+//! the long runs against `meshca serve` (`soak`, `fleet`) also [`serve`].
 
 #![forbid(unsafe_code)]
 
 pub mod load;
 pub mod pki;
+pub mod serve;
 pub mod server;
 
 use std::path::PathBuf;

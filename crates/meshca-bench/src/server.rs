@@ -98,6 +98,25 @@ pub fn proc_hwm_kb(pid: u32) -> u64 {
         .unwrap_or(0)
 }
 
+/// Resident memory of a process in kB (`VmRSS`; zero once it is gone).
+pub fn proc_rss_kb(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+/// The machine's 1-minute load average (`/proc/loadavg`; zero if unreadable).
+pub fn load_average() -> f64 {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|s| s.split_whitespace().next().and_then(|v| v.parse().ok()))
+        .unwrap_or(0.0)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -111,6 +130,8 @@ mod tests {
         }
         assert!(proc_cpu(me) > Duration::ZERO);
         assert!(proc_hwm_kb(me) > 0);
+        assert!(proc_rss_kb(me) > 0 && proc_rss_kb(me) <= proc_hwm_kb(me));
+        assert_eq!(proc_rss_kb(u32::MAX), 0);
         assert_eq!(proc_hwm_kb(u32::MAX), 0);
     }
 }
