@@ -151,13 +151,13 @@ pub fn read_request(
     let wanted = caller.to_string();
     if let Some(other) = csr.uris().iter().find(|u| **u != wanted) {
         return Err(RequestError::OtherIdentity {
-            asked: other.clone(),
+            asked: shown(other),
             caller: wanted,
         });
     }
     if let Some(other) = csr.other_sans().first() {
         return Err(RequestError::OtherSan {
-            asked: other.clone(),
+            asked: shown(other),
             caller: wanted,
         });
     }
@@ -172,9 +172,23 @@ pub fn read_request(
         && imp != wanted
     {
         return Err(RequestError::Impersonation {
-            asked: imp,
+            asked: shown(&imp),
             caller: wanted,
         });
     }
     Ok(csr)
+}
+
+/// A name from a request as messages show it: control characters escaped, so that a request
+/// cannot add lines to a status message or a log.
+fn shown(name: &str) -> String {
+    name.chars()
+        .map(|c| {
+            if c.is_control() {
+                c.escape_default().to_string()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect()
 }

@@ -13,6 +13,10 @@ pub const GLOO_API_VERSION: &str = "admin.gloo.solo.io/v2";
 /// meshca's API version.
 pub const MESHCA_API_VERSION: &str = "trust.meshca/v1alpha1";
 
+/// The longest lifetime a policy may give, in days (100 years): every lifetime and allowance is
+/// added to dates, and one that no certificate can hold would only overflow there.
+pub const MAX_DAYS: i64 = 36_500;
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 struct Doc {
@@ -440,9 +444,9 @@ impl TrustPolicy {
                 }),
                 Some(MgmtServerCa { generated, .. }) => {
                     let ttl_days = generated.and_then(|g| g.ttl_days).unwrap_or(3650);
-                    if ttl_days < 1 {
+                    if !(1..=MAX_DAYS).contains(&ttl_days) {
                         return Err(bad(format!(
-                            "config.mgmtServerCa.generated.ttlDays must be at least 1, got {ttl_days}"
+                            "config.mgmtServerCa.generated.ttlDays must be 1 to {MAX_DAYS}, got {ttl_days}"
                         )));
                     }
                     RootSource::Generated { ttl_days }
@@ -456,9 +460,9 @@ impl TrustPolicy {
             )));
         }
         let ttl_days = o.ttl_days.unwrap_or(365);
-        if ttl_days < 1 {
+        if !(1..=MAX_DAYS).contains(&ttl_days) {
             return Err(bad(format!(
-                "intermediateCertOptions.ttlDays must be at least 1, got {ttl_days}"
+                "intermediateCertOptions.ttlDays must be 1 to {MAX_DAYS}, got {ttl_days}"
             )));
         }
         let grace_ratio = o.secret_rotation_grace_period_ratio.unwrap_or(0.1);
@@ -475,9 +479,10 @@ impl TrustPolicy {
         )
         .map_err(|e: PkiError| bad(e.to_string()))?;
         let workload_ttl_hours = o.workload_cert_ttl_hours.unwrap_or(24);
-        if workload_ttl_hours < 1 {
+        if !(1..=MAX_DAYS * 24).contains(&workload_ttl_hours) {
             return Err(bad(format!(
-                "intermediateCertOptions.workloadCertTtlHours must be at least 1, got {workload_ttl_hours}"
+                "intermediateCertOptions.workloadCertTtlHours must be 1 to {}, got {workload_ttl_hours}",
+                MAX_DAYS * 24
             )));
         }
         let ttl_hours = ttl_days * 24;
@@ -499,9 +504,10 @@ impl TrustPolicy {
             )));
         }
         let propagation_minutes = rr.propagation_minutes.unwrap_or(10);
-        if propagation_minutes < 0 {
+        if !(0..=MAX_DAYS * 24 * 60).contains(&propagation_minutes) {
             return Err(bad(format!(
-                "config.rootRotation.propagationMinutes must not be negative, got {propagation_minutes}"
+                "config.rootRotation.propagationMinutes must be 0 to {}, got {propagation_minutes}",
+                MAX_DAYS * 24 * 60
             )));
         }
         let next_secret = rr.next_secret_ref.map(|r| SecretRef {
@@ -608,7 +614,11 @@ mod tests {
             ),
             (
                 SEED_001.replace("ttlDays: 1", "ttlDays: 0"),
-                "ttlDays must be at least 1",
+                "ttlDays must be 1 to 36500, got 0",
+            ),
+            (
+                SEED_001.replace("ttlDays: 1", "ttlDays: 9223372036854775807"),
+                "ttlDays must be 1 to 36500, got 9223372036854775807",
             ),
             (
                 SEED_001.replace("ttlDays: 1", "ttlDays: 1\n      ttlDayz: 2"),
