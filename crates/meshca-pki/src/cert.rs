@@ -97,8 +97,9 @@ impl Certificate {
         let signature_algorithm =
             crate::describe::signature_algorithm_name(&x509.signature_algorithm.algorithm);
         let cert = Certificate {
-            subject: x509.subject().to_string(),
-            issuer: x509.issuer().to_string(),
+            // Names are shown in messages and logs, one line each.
+            subject: crate::error::show_text(&x509.subject().to_string()),
+            issuer: crate::error::show_text(&x509.issuer().to_string()),
             subject_raw: x509.subject().as_raw().to_vec(),
             issuer_raw: x509.issuer().as_raw().to_vec(),
             not_before: x509.validity().not_before.to_datetime(),
@@ -190,12 +191,12 @@ impl Certificate {
         }
     }
 
-    /// The subject, RFC 4514 style.
+    /// The subject, RFC 4514 style, control characters escaped.
     pub fn subject(&self) -> &str {
         &self.subject
     }
 
-    /// The issuer, RFC 4514 style.
+    /// The issuer, RFC 4514 style, control characters escaped.
     pub fn issuer(&self) -> &str {
         &self.issuer
     }

@@ -9,6 +9,20 @@ pub fn show_time(t: OffsetDateTime) -> String {
     t.format(&fmt).unwrap_or_else(|_| t.to_string())
 }
 
+/// Text from outside (a name in a certificate) as messages show it: control characters escaped,
+/// so that it cannot add lines to a message or a log.
+pub fn show_text(text: &str) -> String {
+    text.chars()
+        .map(|c| {
+            if c.is_control() {
+                c.escape_default().to_string()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect()
+}
+
 /// What went wrong in the PKI core.
 ///
 /// `origin` fields name where the material came from (usually a file path) so that the message
