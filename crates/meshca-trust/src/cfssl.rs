@@ -216,7 +216,11 @@ fn show_messages(errors: &[CfsslMessage]) -> String {
     }
     errors
         .iter()
-        .map(|e| format!("{} (cfssl error {})", e.message, e.code))
+        .map(|e| {
+            // The server's words, on the message's one line.
+            let message = meshca_pki::error::show_text(&e.message);
+            format!("{message} (cfssl error {})", e.code)
+        })
         .collect::<Vec<_>>()
         .join("; ")
 }
@@ -747,6 +751,16 @@ mod tests {
         assert_eq!(
             refused.to_string(),
             format!("{SIGNER}: sign refused the request: invalid token (cfssl error 400)")
+        );
+
+        let two_lines = answer(
+            400,
+            r#"{"success":false,"errors":[{"code":400,"message":"invalid\ntoken"}]}"#,
+        )
+        .unwrap_err();
+        assert_eq!(
+            two_lines.to_string(),
+            format!("{SIGNER}: sign refused the request: invalid\\ntoken (cfssl error 400)")
         );
 
         let html = answer(502, "<html>\nBad Gateway\n</html>").unwrap_err();
