@@ -114,11 +114,15 @@ impl SecretStore for FolderStore {
                 None => continue,
             }
         }
-        // A folder made by hand, without the link: each key as it is.
-        Ok(read_folder(&dir, true)?.map(|data| Secret {
-            version: Version::of_contents(&data),
-            data,
-        }))
+        // A folder made by hand, without the link: each key as it is. One without keys is
+        // absent, as the write's precondition sees it: a first write killed before its swap
+        // leaves just that (its staged folder), and the next write must not expect it.
+        Ok(read_folder(&dir, true)?
+            .filter(|d| !d.is_empty())
+            .map(|data| Secret {
+                version: Version::of_contents(&data),
+                data,
+            }))
     }
 
     /// Replaces a secret whole with `data` by a `..data` symlink swap.
@@ -336,72 +340,70 @@ impl FolderStore {
     /// Writes a secret's files into a new hidden folder beside its `..data`, and with `sync`
     /// syncs each, then the folder (else the batch's `syncfs` does): nothing points at them yet.
     fn stage(&self, w: &SecretWrite<'_>, sync: bool) -> Result<Staged, StoreError> {
-        let dir = self.dir_of(w.key);
-        let mut made = Vec::new();
-        let mut dirs_after = Vec::new();
-        if !dir.is_dir() {
-            // Each folder made here is a new entry in its parent: those parents are synced too.
-            let mut cur = dir.as_path();
-            while !cur.exists() {
-                let Some(parent) = cur.parent() else { break };
-                made.push(cur.to_owned());
-                dirs_after.push(parent.to_owned());
-                cur = parent;
-            }
-            if let Err(e) = fs::create_dir_all(&dir) {
-                remove_empty(&made);
-                return Err(io(&dir, "cannot create")(e));
-            }
+        stage_dir(self.dir_of(w.key), w.data, sync)
+    }
+}
+
+/// Writes a folder's keys into a new hidden folder beside its `..data`, and with `sync` syncs
+/// each, then the folder: nothing points at them yet.
+fn stage_dir(dir: PathBuf, data: &SecretData, sync: bool) -> Result<Staged, StoreError> {
+    let mut made = Vec::new();
+    let mut dirs_after = Vec::new();
+    if !dir.is_dir() {
+        // Each folder made here is a new entry in its parent: those parents are synced too.
+        let mut cur = dir.as_path();
+        while !cur.exists() {
+            let Some(parent) = cur.parent() else { break };
+            made.push(cur.to_owned());
+            dirs_after.push(parent.to_owned());
+            cur = parent;
         }
-        dirs_after.push(dir.clone());
-        // The stamp is the secret's next version: the time makes it unique across processes
-        // (a pid can come back), the counter within one.
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos());
-        let stamp = format!(
-            "..{nanos:x}_{}_{}",
-            std::process::id(),
-            COUNTER.fetch_add(1, Ordering::Relaxed)
-        );
-        let new_dir = dir.join(&stamp);
-        if let Err(e) = fs::DirBuilder::new().mode(0o755).create(&new_dir) {
+        if let Err(e) = fs::create_dir_all(&dir) {
             remove_empty(&made);
-            return Err(io(&new_dir, "cannot create")(e));
+            return Err(io(&dir, "cannot create")(e));
         }
-        let staged = Staged {
-            dir,
-            stamp,
-            made,
-            dirs_after,
-        };
-        let written = (|| {
-            for (key, bytes) in w.data {
-                let path = new_dir.join(key);
-                let mode = if PRIVATE_KEYS.contains(&key.as_str()) {
-                    0o600
-                } else {
-                    0o644
-                };
-                let mut f = fs::OpenOptions::new()
-                    .write(true)
-                    .create_new(true)
-                    .mode(mode)
-                    .open(&path)
-                    .map_err(io(&path, "cannot write"))?;
-                std::io::Write::write_all(&mut f, bytes).map_err(io(&path, "cannot write"))?;
-                if sync {
-                    f.sync_all().map_err(io(&path, "cannot write"))?;
-                }
+    }
+    dirs_after.push(dir.clone());
+    // The stamp is the secret's next version: the time makes it unique across processes
+    // (a pid can come back), the counter within one.
+    let stamp = new_stamp();
+    let new_dir = dir.join(&stamp);
+    if let Err(e) = fs::DirBuilder::new().mode(0o755).create(&new_dir) {
+        remove_empty(&made);
+        return Err(io(&new_dir, "cannot create")(e));
+    }
+    let staged = Staged {
+        dir,
+        stamp,
+        made,
+        dirs_after,
+    };
+    let written = (|| {
+        for (key, bytes) in data {
+            let path = new_dir.join(key);
+            let mode = if PRIVATE_KEYS.contains(&key.as_str()) {
+                0o600
+            } else {
+                0o644
+            };
+            let mut f = fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(mode)
+                .open(&path)
+                .map_err(io(&path, "cannot write"))?;
+            std::io::Write::write_all(&mut f, bytes).map_err(io(&path, "cannot write"))?;
+            if sync {
+                f.sync_all().map_err(io(&path, "cannot write"))?;
             }
-            if sync { sync_path(&new_dir) } else { Ok(()) }
-        })();
-        match written {
-            Ok(()) => Ok(staged),
-            Err(e) => {
-                staged.discard();
-                Err(e)
-            }
+        }
+        if sync { sync_path(&new_dir) } else { Ok(()) }
+    })();
+    match written {
+        Ok(()) => Ok(staged),
+        Err(e) => {
+            staged.discard();
+            Err(e)
         }
     }
 }
@@ -427,15 +429,7 @@ impl Staged {
     /// comes second.
     fn commit(&self, data: &SecretData, expect: &Expect) -> Result<Swapped, StoreError> {
         let dir = &self.dir;
-        let found = match data_link(dir) {
-            Ok(Some(t)) => Ok(Some(Version::new(t))),
-            Ok(None) => read_folder(dir, true).map(|d| {
-                d.filter(|d| !d.is_empty())
-                    .map(|d| Version::of_contents(&d))
-            }),
-            Err(e) => Err(e),
-        };
-        let found = match found {
+        let found = match found_version(dir) {
             Ok(f) => f,
             Err(e) => {
                 self.discard();
@@ -449,6 +443,21 @@ impl Staged {
                 expected: expect.to_string(),
                 found: found.map_or_else(|| "absent".to_owned(), |v| format!("version {v}")),
             });
+        }
+        if let Err(e) = adopt_plain_keys(dir) {
+            self.discard();
+            return Err(e);
+        }
+        // Every key's link exists before the swap (dangling until then for a new key), so that
+        // a writer killed right after the swap leaves no key missing for readers of the folder.
+        for key in data.keys() {
+            let link = dir.join(key);
+            if fs::symlink_metadata(&link).is_err()
+                && let Err(e) = symlink(format!("..data/{key}"), &link)
+            {
+                self.discard();
+                return Err(io(&link, "cannot link")(e));
+            }
         }
         let tmp_link = dir.join("..data_tmp");
         let _ = fs::remove_file(&tmp_link);
@@ -465,12 +474,6 @@ impl Staged {
         }
         let old = old.filter(|o| o != Path::new(&self.stamp));
         let links = (|| {
-            for key in data.keys() {
-                let link = dir.join(key);
-                if fs::symlink_metadata(&link).is_err() {
-                    symlink(format!("..data/{key}"), &link).map_err(io(&link, "cannot link"))?;
-                }
-            }
             // Keys the new data no longer has.
             for e in fs::read_dir(dir).map_err(io(dir, "cannot list"))?.flatten() {
                 let key = e.file_name().to_string_lossy().into_owned();
@@ -488,6 +491,98 @@ impl Staged {
         let _ = fs::remove_dir_all(self.dir.join(&self.stamp));
         remove_empty(&self.made);
     }
+}
+
+/// A new data folder's name, unique across processes (the time: a pid can come back) and
+/// within one (the counter).
+fn new_stamp() -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    format!(
+        "..{nanos:x}_{}_{}",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// The version a folder holds: its `..data` target, or for a folder made by hand the digest of
+/// its keys; `None` without keys.
+fn found_version(dir: &Path) -> Result<Option<Version>, StoreError> {
+    match data_link(dir)? {
+        Some(t) => Ok(Some(Version::new(t))),
+        None => Ok(read_folder(dir, true)?
+            .filter(|d| !d.is_empty())
+            .map(|d| Version::of_contents(&d))),
+    }
+}
+
+/// Turns keys held as plain files (a folder made by hand, or by a writer that replaced files one
+/// by one) into links through a `..data` holding the same bytes, before a swap: every step shows
+/// one version of every key, and the swap then changes them all at once. A plain key whose bytes
+/// differ from `..data`'s is left as it is.
+fn adopt_plain_keys(dir: &Path) -> Result<(), StoreError> {
+    let mut plain = Vec::new();
+    for e in fs::read_dir(dir).map_err(io(dir, "cannot list"))?.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if !name.starts_with('.') && e.file_type().is_ok_and(|t| t.is_file()) {
+            plain.push(name);
+        }
+    }
+    if plain.is_empty() {
+        return Ok(());
+    }
+    let data = match data_link(dir)? {
+        Some(t) => dir.join(t),
+        None => {
+            let mut copy = SecretData::new();
+            for name in &plain {
+                let path = dir.join(name);
+                copy.insert(
+                    name.clone(),
+                    fs::read(&path).map_err(io(&path, "cannot read"))?,
+                );
+            }
+            let staged = stage_dir(dir.to_owned(), &copy, true)?;
+            let tmp_link = dir.join("..data_tmp");
+            let _ = fs::remove_file(&tmp_link);
+            symlink(&staged.stamp, &tmp_link).map_err(io(&tmp_link, "cannot link"))?;
+            fs::rename(&tmp_link, dir.join("..data")).map_err(io(dir, "cannot swap"))?;
+            dir.join(&staged.stamp)
+        }
+    };
+    for name in plain {
+        let path = dir.join(&name);
+        if fs::read(data.join(&name)).ok() != fs::read(&path).ok() {
+            continue;
+        }
+        let tmp = dir.join(format!(".{name}.meshca-link"));
+        let _ = fs::remove_file(&tmp);
+        symlink(format!("..data/{name}"), &tmp).map_err(io(&tmp, "cannot link"))?;
+        fs::rename(&tmp, &path).map_err(io(&path, "cannot replace"))?;
+    }
+    sync_path(dir)
+}
+
+/// Replaces the keys of one folder whole, outside any store, the way a secret volume is
+/// updated: the new files are written and synced into a hidden folder, then a `..data` link is
+/// swapped to it in one rename, each key a link through `..data`. A reader, or a writer killed
+/// at any moment, sees the old set or the new one, never a key of one and a key of the other.
+/// Keys held as plain files are first turned into links holding the same bytes.
+pub fn replace_folder(dir: &Path, data: &SecretData) -> Result<(), StoreError> {
+    let expect = match found_version(dir)? {
+        Some(v) => Expect::Version(v),
+        None => Expect::Absent,
+    };
+    let staged = stage_dir(dir.to_owned(), data, true)?;
+    let (old, links) = staged.commit(data, &expect)?;
+    for d in &staged.dirs_after {
+        sync_path(d)?;
+    }
+    if let Some(o) = old {
+        let _ = fs::remove_dir_all(dir.join(o));
+    }
+    links
 }
 
 /// Removes folders, deepest first, as long as they are empty (or already gone).
@@ -624,6 +719,22 @@ mod tests {
             .collect();
         assert_eq!(hidden.len(), 1, "old data folders are removed: {hidden:?}");
         assert_eq!(s.clusters().unwrap(), ["c1"]);
+    }
+
+    #[test]
+    fn a_first_write_killed_before_its_swap_leaves_the_secret_absent_and_writable() {
+        let t = tempfile::tempdir().unwrap();
+        let s = FolderStore::open(t.path()).unwrap();
+        // What a writer killed between staging and swapping leaves: a data folder, no `..data`.
+        let dir = s.secret_dir("c1", "istio-system", "cacerts");
+        fs::create_dir_all(dir.join("..18f0_1_0")).unwrap();
+        fs::write(dir.join("..18f0_1_0/ca-cert.pem"), b"staged").unwrap();
+        assert!(s.get(&key("c1")).unwrap().is_none());
+        let mut v = SecretData::new();
+        v.insert("ca-cert.pem".into(), b"one".to_vec());
+        s.write(&key("c1"), &v, &current(&s, "c1")).unwrap();
+        assert_eq!(s.read(&key("c1")).unwrap().unwrap(), v);
+        assert_eq!(fs::read(dir.join("ca-cert.pem")).unwrap(), b"one");
     }
 
     fn hidden(dir: &Path) -> Vec<String> {
