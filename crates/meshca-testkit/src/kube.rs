@@ -270,6 +270,8 @@ pub struct ControlPlane {
     kubeconfig: PathBuf,
     etcd: Option<Proc>,
     etcd_client_port: u16,
+    /// etcd's flags as first started, for a restart on the same ports and data.
+    etcd_args: Vec<OsString>,
     clusters: Vec<Cluster>,
     startup: Duration,
 }
@@ -299,6 +301,7 @@ impl ControlPlane {
             dir,
             etcd: None,
             etcd_client_port: 0,
+            etcd_args: Vec::new(),
             clusters: Vec::new(),
             startup: Duration::ZERO,
         };
@@ -506,6 +509,53 @@ kubectl --context $MGMT_CONTEXT -n gloo-mesh create secret generic my-root-trust
         self.await_apiserver(&bin, i, false);
     }
 
+    /// SIGKILLs etcd, the store of every cluster, and waits until it is gone. The API servers
+    /// keep running and fail what needs etcd until [`ControlPlane::restart_etcd`].
+    pub fn kill_etcd(&mut self) {
+        if let Some(p) = self.etcd.take() {
+            p.kill();
+        }
+    }
+
+    /// Starts a killed etcd again with the same flags, ports and data folder, and waits until
+    /// it is healthy and every running API server answers `/readyz` again. Panics if etcd was
+    /// still running or does not come back.
+    pub fn restart_etcd(&mut self) {
+        assert!(self.etcd.is_none(), "etcd is still running; kill it first");
+        let log = self.dir.join("etcd.log");
+        let mut proc = Proc::spawn(&etcd_bin(), &self.etcd_args, &self.dir, &log);
+        let deadline = Instant::now() + READY_TIMEOUT;
+        while !etcd_healthy(self.etcd_client_port) {
+            if let Some(status) = proc.exited() {
+                let tail = proc.log_tail();
+                proc.kill();
+                panic!("etcd exited ({status}) when restarted\n{tail}");
+            }
+            if Instant::now() > deadline {
+                let tail = proc.log_tail();
+                proc.kill();
+                panic!("restarted etcd not healthy after {READY_TIMEOUT:?}\n{tail}");
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        self.etcd = Some(proc);
+        for i in 0..self.clusters.len() {
+            if self.clusters[i].proc.is_some()
+                && let Err(tail) = self.wait_ready(i)
+            {
+                panic!(
+                    "kube-apiserver of {} not ready after etcd's restart\n{tail}",
+                    self.clusters[i].name
+                );
+            }
+        }
+    }
+
+    /// Whether etcd is running (not killed).
+    pub fn etcd_is_running(&self) -> bool {
+        self.etcd.is_some()
+    }
+
     /// Whether a cluster's kube-apiserver is running (not killed).
     pub fn is_running(&self, cluster: &str) -> bool {
         self.cluster(cluster).proc.is_some()
@@ -702,6 +752,7 @@ kubectl --context $MGMT_CONTEXT -n gloo-mesh create secret generic my-root-trust
                 if etcd_healthy(ports[0]) {
                     self.etcd = Some(proc);
                     self.etcd_client_port = ports[0];
+                    self.etcd_args = args;
                     return;
                 }
                 if let Some(status) = proc.exited() {
