@@ -11,6 +11,8 @@
 //!   request).
 //! - A reconcile in which a cluster failed is tried again after a backoff that doubles from 1 s
 //!   to 60 s of clock time, and resets once every cluster is well.
+//! - A clock set back to before the last reconcile wakes the manager at once: what it wrote and
+//!   planned by the later time (bundles valid from then, a far next check) is wrong for now.
 //! - A stop is seen between reconciles, never in the middle of one: every secret is written whole
 //!   or not at all.
 
@@ -274,6 +276,8 @@ pub struct Manager<'a> {
     cfg: ManagerConfig,
     cache: BundleCache,
     backoff: Duration,
+    /// When the last reconcile ran, by the clock: a clock seen before it has been set back.
+    last_at: OffsetDateTime,
 }
 
 fn read_policy(path: &Path) -> Result<(TrustPolicy, Vec<u8>), TrustError> {
@@ -326,6 +330,7 @@ impl<'a> Manager<'a> {
             cfg,
             cache: BundleCache::new(),
             backoff: Duration::ZERO,
+            last_at: OffsetDateTime::UNIX_EPOCH,
         }
     }
 
@@ -444,6 +449,7 @@ impl<'a> Manager<'a> {
     /// One reconcile of every policy at the clock's now; returns when to wake at the latest.
     fn reconcile(&mut self, on_event: &mut dyn FnMut(&Event<'_>)) -> OffsetDateTime {
         let at = self.clock.now();
+        self.last_at = at;
         let scopes = self.scopes();
         let mut next = at + self.cfg.resync;
         let mut failed = false;
@@ -546,7 +552,10 @@ impl<'a> Manager<'a> {
             if stop.load(Ordering::SeqCst) {
                 return Wake::Stop;
             }
-            if self.clock.now() >= until {
+            let now = self.clock.now();
+            // A clock set back (an NTP step, a host restored) makes what the last reconcile
+            // wrote and planned wrong for now: bundles not valid yet, a next check far off.
+            if now >= until || now < self.last_at {
                 return Wake::Due;
             }
             if self.source.changed() {
@@ -582,6 +591,67 @@ spec:
       ttlDays: 30
       keyType: ecdsa-p256
 ";
+
+    #[test]
+    fn a_clock_set_back_wakes_the_loop_and_bundles_from_the_later_time_are_made_again() {
+        let t = tempfile::tempdir().unwrap();
+        let file = t.path().join("policy.yaml");
+        std::fs::write(&file, POLICY).unwrap();
+        let store = MemoryStore::with_clusters(&["mgmt", "c1"]);
+        let t0 = OffsetDateTime::from_unix_timestamp(1_800_000_000).unwrap();
+        let clock = ManualClock::new(t0);
+        let cfg = ManagerConfig {
+            mgmt: "mgmt".into(),
+            only: Vec::new(),
+            resync: Duration::days(30),
+            poll: std::time::Duration::from_millis(5),
+        };
+        let stop = AtomicBool::new(false);
+        // Each reconcile: when, and its clusters' outcomes.
+        type Seen = (OffsetDateTime, String);
+        let events: Mutex<Vec<Seen>> = Mutex::new(Vec::new());
+        let wait_for = |what: &str, f: &dyn Fn(&[Seen]) -> bool| {
+            let started = std::time::Instant::now();
+            while !f(&events.lock().unwrap()) {
+                if started.elapsed().as_secs() > 20 {
+                    // The loop must end for the scope to, and the failure to be told.
+                    stop.store(true, Ordering::SeqCst);
+                    panic!("{what}: {:#?}", events.lock().unwrap());
+                }
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+        };
+        std::thread::scope(|s| {
+            let h = s.spawn(|| {
+                let mut m = Manager::new(&store, &clock, &file, cfg).unwrap();
+                m.run(&stop, &mut |e| {
+                    if let Event::Reconciled { at, report, .. } = e {
+                        events
+                            .lock()
+                            .unwrap()
+                            .push((*at, format!("{:?}", report.clusters)));
+                    }
+                });
+            });
+            wait_for("created", &|e| e.iter().any(|(_, l)| l.contains("Created")));
+            // The clock a day ahead when c1's cacerts is made again; then set right.
+            clock.set(t0 + Duration::days(1));
+            store.remove(&cacerts_key("c1"));
+            wait_for("made a day ahead", &|e| {
+                e.iter().any(|(at, l)| *at > t0 && l.contains("Created"))
+            });
+            clock.set(t0 + Duration::minutes(1));
+            wait_for("made again at the right time", &|e| {
+                e.iter()
+                    .any(|(at, l)| *at == t0 + Duration::minutes(1) && l.contains("Rotated"))
+            });
+            stop.store(true, Ordering::SeqCst);
+            h.join().unwrap();
+        });
+        let data = store.read(&cacerts_key("c1")).unwrap().unwrap();
+        let at = t0 + Duration::minutes(1);
+        assert!(meshca_pki::CacertsBundle::from_files(&data, "c1", at).is_ok());
+    }
 
     #[test]
     fn the_loop_wakes_on_due_times_changes_and_policy_edits_and_stops() {
