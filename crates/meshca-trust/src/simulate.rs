@@ -539,6 +539,124 @@ impl Simulation {
     }
 }
 
+/// The simulator's cross-cluster check over bundles observed from outside, in a real store that a
+/// real manager writes (the crash and fault drills). Each cluster has two workloads: one that
+/// renewed from the bundle seen at the previous observation, just before this one (the store held
+/// it until then), and one that renews from the bundle seen now. At each observation every
+/// workload must verify every workload of every other cluster, chain and roots as each holds them,
+/// with the path verification the simulator uses. As `meshca serve` does, a cluster's CA keeps its
+/// last good bundle when the store holds an invalid one.
+pub struct MeshWatch {
+    workload_ttl: Duration,
+    key: PrivateKey,
+    clusters: Vec<String>,
+    /// Per cluster: the last good bundle seen before this observation, and the one now.
+    seen: Vec<[Option<SecretData>; 2]>,
+    observations: u64,
+}
+
+impl MeshWatch {
+    /// A watch over `clusters`, whose workloads get certificates of `workload_ttl`.
+    pub fn new(clusters: &[&str], workload_ttl: Duration) -> Result<Self, TrustError> {
+        Ok(MeshWatch {
+            workload_ttl,
+            key: PrivateKey::generate(KeyType::EcdsaP256)?,
+            clusters: clusters.iter().map(|c| (*c).to_owned()).collect(),
+            seen: clusters.iter().map(|_| [None, None]).collect(),
+            observations: 0,
+        })
+    }
+
+    /// How many observations were checked.
+    pub fn observations(&self) -> u64 {
+        self.observations
+    }
+
+    /// Observes each cluster's `cacerts` as the store holds it at `at` (in the order of the
+    /// clusters given to [`MeshWatch::new`]; `None` when absent) and returns the first
+    /// cross-cluster failure, described.
+    pub fn observe(
+        &mut self,
+        bundles: &[Option<SecretData>],
+        at: OffsetDateTime,
+    ) -> Option<String> {
+        self.observations += 1;
+        for (ci, data) in bundles.iter().enumerate().take(self.seen.len()) {
+            let valid = data
+                .as_ref()
+                .filter(|d| CacertsBundle::from_files(d, &self.clusters[ci], at).is_ok());
+            let [prev, now] = &mut self.seen[ci];
+            match valid {
+                Some(d) => *prev = now.replace(d.clone()).or_else(|| Some(d.clone())),
+                // Refused: the CA goes on with its last good bundle, before and now alike.
+                None => *prev = now.clone(),
+            }
+        }
+        let mut held = Vec::new();
+        for (ci, pair) in self.seen.iter().enumerate() {
+            let cluster = &self.clusters[ci];
+            for (when, data) in ["before", "now"].into_iter().zip(pair) {
+                let Some(data) = data else { continue };
+                let id = format!("spiffe://cluster.local/ns/{cluster}/sa/renewed-{when}");
+                let issued = CacertsBundle::from_files(data, cluster, at)
+                    .and_then(|b| issue(&b, &self.key, &id, at, self.workload_ttl).map(|h| (h, b)));
+                match issued {
+                    Ok((h, b)) => held.push((ci, id, h, b.roots().to_vec())),
+                    Err(e) => return Some(format!("{id}: no certificate at {}: {e}", show(at))),
+                }
+            }
+        }
+        for (ca, ida, ha, _) in &held {
+            for (cb, idb, _, roots) in &held {
+                if ca == cb {
+                    continue;
+                }
+                let ok = verdict(ha, roots).is_some_and(|(from, to)| from <= at && at <= to);
+                if !ok {
+                    return Some(format!("{idb} cannot verify {ida} at {}", show(at)));
+                }
+            }
+        }
+        None
+    }
+}
+
+fn show(t: OffsetDateTime) -> String {
+    meshca_pki::error::show_time(t)
+}
+
+/// A workload certificate from `bundle`'s CA at `at`, as a CA server issues it.
+fn issue(
+    bundle: &CacertsBundle,
+    key: &PrivateKey,
+    id: &str,
+    at: OffsetDateTime,
+    ttl: Duration,
+) -> Result<Held, meshca_pki::PkiError> {
+    let signer = bundle.signer();
+    let leaf = signer.issue_workload(
+        &WorkloadProfile {
+            subject: Subject::default(),
+            not_before: at - Duration::minutes(2),
+            not_after: (at + ttl).min(signer.cert().not_after()),
+            uris: vec![id.to_owned()],
+            dns_names: Vec::new(),
+            ips: Vec::new(),
+            key_usage_critical: true,
+        },
+        key,
+        id,
+    )?;
+    let mut chain = vec![signer.cert().clone()];
+    chain.extend(bundle.intermediates().iter().cloned());
+    Ok(Held {
+        leaf,
+        chain,
+        leaf_id: 0,
+        roots_id: 0,
+    })
+}
+
 /// Whether `held`'s chain verifies against `roots`, and if so the window in which it does.
 fn verdict(held: &Held, roots: &[Certificate]) -> Option<(OffsetDateTime, OffsetDateTime)> {
     let mut nb = held.leaf.not_before();
