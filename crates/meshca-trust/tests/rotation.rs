@@ -209,3 +209,55 @@ fn the_dry_run_plan_writes_nothing_and_shows_three_phases() {
     );
     assert_eq!(plan[1].clusters.len(), 2);
 }
+
+/// The simulator's check over bundles observed from outside: a phased rotation keeps every
+/// pair verifying; a root replaced by hand in one cluster is caught at once, and a bundle that
+/// is not valid is refused, the cluster's last good one kept.
+#[test]
+fn the_mesh_watch_holds_through_a_phased_rotation_and_catches_a_root_replaced_by_hand() {
+    use meshca_trust::reconcile::cacerts_key;
+    use meshca_trust::simulate::MeshWatch;
+    use meshca_trust::{SecretStore, reconcile, start_root_rotation};
+
+    let policy = TrustPolicy::from_yaml(GENERATED, "p").unwrap();
+    let clusters = ["c1", "c2"];
+    let store = MemoryStore::with_clusters(&["mgmt", "c1", "c2"]);
+    let bundles = |s: &MemoryStore| -> Vec<_> {
+        clusters
+            .iter()
+            .map(|c| s.read(&cacerts_key(c)).unwrap())
+            .collect()
+    };
+    let mut watch = MeshWatch::new(&clusters, Duration::hours(24)).unwrap();
+    let mut now = start();
+    reconcile(&store, &policy, "mgmt", &[], &[], now).unwrap();
+    assert_eq!(watch.observe(&bundles(&store), now), None);
+    start_root_rotation(&store, &policy, "mgmt", None, now).unwrap();
+    while meshca_trust::rotation::load(&store, &policy, "mgmt")
+        .unwrap()
+        .is_some()
+    {
+        let r = reconcile(&store, &policy, "mgmt", &[], &[], now).unwrap();
+        assert_eq!(watch.observe(&bundles(&store), now), None, "{r:?}");
+        now = r
+            .rotation_due
+            .filter(|d| *d > now)
+            .unwrap_or(now + Duration::hours(1));
+    }
+    assert_eq!(watch.observe(&bundles(&store), now), None);
+
+    // A broken bundle is refused: the cluster's CA goes on with its last good one.
+    let mut broken = bundles(&store)[0].clone().unwrap();
+    broken.remove("ca-key.pem");
+    let mut seen = bundles(&store);
+    seen[0] = Some(broken);
+    assert_eq!(watch.observe(&seen, now), None);
+
+    // c2 moved to a brand-new root alone, as by hand: c1's workloads cannot verify it.
+    let other = MemoryStore::with_clusters(&["mgmt", "c2"]);
+    reconcile(&other, &policy, "mgmt", &[], &[], now).unwrap();
+    let mut seen = bundles(&store);
+    seen[1] = other.read(&cacerts_key("c2")).unwrap();
+    let failure = watch.observe(&seen, now).expect("a failure");
+    assert!(failure.contains("cannot verify"), "{failure}");
+}
