@@ -9,7 +9,6 @@ use meshca_ca::proto::istio_certificate_service_client::IstioCertificateServiceC
 use meshca_pki::{
     Certificate, KeyType, PkiError, PrivateKey, SpiffeId, TrustDomain, make_csr_pem, verify_path,
 };
-use meshca_store::{FileSpec, Transaction};
 use time::OffsetDateTime;
 use tonic::transport::{Channel, ClientTlsConfig, Identity};
 
@@ -335,18 +334,15 @@ fn concat_elements(elements: &[String]) -> String {
 }
 
 /// Writes `cert-chain.pem` (leaf, intermediates, root bundle), `key.pem` (0600) and
-/// `root-cert.pem` into `dir`, all or none.
+/// `root-cert.pem` into `dir`, all or none, swapped in together as a secret volume is (each a
+/// link through `..data`): an agent killed at any moment leaves a certificate and its own key.
 pub fn write_files(dir: &Path, issued: &Issued) -> Result<(), AgentError> {
-    let mut tx = Transaction::new();
-    tx.write(
-        dir,
-        vec![
-            FileSpec::public(CERT_CHAIN, issued.chain_pem.clone()),
-            FileSpec::private(KEY, issued.key.to_pkcs8_pem()),
-            FileSpec::public(ROOT_CERT, issued.roots_pem.clone()),
-        ],
-    );
-    tx.commit()?;
+    let files = meshca_store::SecretData::from([
+        (CERT_CHAIN.to_owned(), issued.chain_pem.clone().into_bytes()),
+        (KEY.to_owned(), issued.key.to_pkcs8_pem().into_bytes()),
+        (ROOT_CERT.to_owned(), issued.roots_pem.clone().into_bytes()),
+    ]);
+    meshca_store::folder::replace_folder(dir, &files)?;
     Ok(())
 }
 
