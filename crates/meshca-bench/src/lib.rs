@@ -1,10 +1,12 @@
 //! Shared pieces of meshca's benchmark harnesses: timing commands and summarising samples.
 //! Harnesses are binaries under `src/bin/`; they print Markdown tables for `docs/BENCHMARKS.md`.
 //! The CA load generators (`ca-load`, `istiod-load`) share [`load`], [`server`] and [`pki`];
-//! the long runs against `meshca serve` (`soak`, `fleet`) also [`serve`].
+//! the long runs against `meshca serve` (`soak`, `fleet`) also [`serve`]. The `crash` drill and
+//! the crash-safety and Kubernetes-fault tests share [`crash`].
 
 #![forbid(unsafe_code)]
 
+pub mod crash;
 pub mod load;
 pub mod pki;
 pub mod serve;
