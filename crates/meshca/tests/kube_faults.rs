@@ -125,6 +125,18 @@ impl Rotation {
         }
     }
 
+    /// Asserts the manager printed a line starting with `start` after `mark`.
+    fn said_since(&self, mark: usize, start: &str) {
+        let lines = self.m.as_ref().map(Manager::lines).unwrap_or_default();
+        assert!(
+            lines[mark.min(lines.len())..]
+                .iter()
+                .any(|l| l.starts_with(start)),
+            "no line {start:?}\n{}",
+            self.tail()
+        );
+    }
+
     /// How many lines the manager has printed: a mark to look for its reaction after.
     fn mark(&self) -> usize {
         self.m.as_ref().map_or(0, |m| m.lines().len())
@@ -279,6 +291,7 @@ fn a_cacerts_edited_by_hand_in_the_middle_of_a_phase_is_repaired() {
     r.recover(mark, Duration::from_secs(30));
     r.strict = true;
     r.observe("cluster1 repaired");
+    r.said_since(mark, "cluster1: intermediate rotated (invalid: ");
     r.step();
     // Then, in the next phase, a key taken out of cluster2's.
     while r.phase() != Some(RotationPhase::Reissue) {
@@ -295,6 +308,7 @@ fn a_cacerts_edited_by_hand_in_the_middle_of_a_phase_is_repaired() {
     r.recover(mark, Duration::from_secs(30));
     r.strict = true;
     r.observe("cluster2 repaired");
+    r.said_since(mark, "cluster2: intermediate rotated (invalid: ");
     r.finish();
 }
 
