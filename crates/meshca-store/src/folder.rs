@@ -737,6 +737,44 @@ mod tests {
         assert_eq!(fs::read(dir.join("ca-cert.pem")).unwrap(), b"one");
     }
 
+    #[test]
+    fn a_folder_of_plain_files_is_replaced_whole_through_data() {
+        let t = tempfile::tempdir().unwrap();
+        let dir = t.path().join("certs");
+        fs::create_dir(&dir).unwrap();
+        // As a writer that renamed files one by one left them.
+        fs::write(dir.join("cert-chain.pem"), b"old chain").unwrap();
+        fs::write(dir.join("key.pem"), b"old key").unwrap();
+        let mut v = SecretData::new();
+        v.insert("cert-chain.pem".into(), b"new chain".to_vec());
+        v.insert("key.pem".into(), b"new key".to_vec());
+        v.insert("root-cert.pem".into(), b"roots".to_vec());
+        replace_folder(&dir, &v).unwrap();
+        for (k, bytes) in &v {
+            let link = fs::symlink_metadata(dir.join(k)).unwrap();
+            assert!(link.file_type().is_symlink(), "{k}");
+            assert_eq!(&fs::read(dir.join(k)).unwrap(), bytes, "{k}");
+        }
+        assert_eq!(
+            fs::metadata(dir.join("key.pem"))
+                .unwrap()
+                .permissions()
+                .mode()
+                & 0o777,
+            0o600
+        );
+        // Only `..data` and the folder it names: the adopted copy is gone.
+        assert_eq!(hidden(&dir).len(), 2, "{:?}", hidden(&dir));
+        let mut w = v.clone();
+        w.insert("cert-chain.pem".into(), b"newer chain".to_vec());
+        replace_folder(&dir, &w).unwrap();
+        assert_eq!(
+            fs::read(dir.join("cert-chain.pem")).unwrap(),
+            b"newer chain"
+        );
+        assert_eq!(hidden(&dir).len(), 2, "{:?}", hidden(&dir));
+    }
+
     fn hidden(dir: &Path) -> Vec<String> {
         let mut out: Vec<String> = fs::read_dir(dir)
             .unwrap()
