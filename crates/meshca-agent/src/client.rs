@@ -372,10 +372,10 @@ impl std::fmt::Debug for Pair {
     }
 }
 
-/// Reads `cert-chain.pem` and `key.pem` of `dir` as one pair. Each file is replaced atomically,
-/// but a renewal replaces them one after the other, so a reader that comes in between sees a
-/// certificate of one renewal and the key of another: the pair is then read again, a few times
-/// over about 100 ms, before the mismatch is an error.
+/// Reads `cert-chain.pem` and `key.pem` of `dir` as one pair. meshca swaps both in at once, but a
+/// reader that opens one before a swap and the other after it (or reads files another tool
+/// replaces one after the other) sees a certificate of one renewal and the key of another: the
+/// pair is then read again, a few times over about 100 ms, before the mismatch is an error.
 pub fn read_pair(dir: &Path) -> Result<Pair, AgentError> {
     let read = |f: &str| {
         std::fs::read_to_string(dir.join(f)).map_err(|e| {
