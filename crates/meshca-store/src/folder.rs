@@ -474,11 +474,17 @@ impl Staged {
         }
         let old = old.filter(|o| o != Path::new(&self.stamp));
         let links = (|| {
-            // Keys the new data no longer has.
             for e in fs::read_dir(dir).map_err(io(dir, "cannot list"))?.flatten() {
-                let key = e.file_name().to_string_lossy().into_owned();
-                if !key.starts_with('.') && !data.contains_key(&key) {
+                let name = e.file_name().to_string_lossy().into_owned();
+                if !name.starts_with('.') && !data.contains_key(&name) {
+                    // A key the new data no longer has.
                     let _ = fs::remove_file(e.path());
+                } else if name != self.stamp
+                    && stamp_age(&name).is_some_and(|age| age > ABANDONED_AFTER)
+                {
+                    // The staged folder of a write killed before its swap: no writer still
+                    // working could have staged it that long ago.
+                    let _ = fs::remove_dir_all(e.path());
                 }
             }
             Ok(())
@@ -491,6 +497,24 @@ impl Staged {
         let _ = fs::remove_dir_all(self.dir.join(&self.stamp));
         remove_empty(&self.made);
     }
+}
+
+/// How old a data folder that `..data` does not name must be to count as abandoned by a writer
+/// killed before its swap. A write stages and swaps within seconds.
+const ABANDONED_AFTER: std::time::Duration = std::time::Duration::from_secs(3600);
+
+/// How long ago the data folder `name` (from [`new_stamp`]) was made; `None` for any other name.
+fn stamp_age(name: &str) -> Option<std::time::Duration> {
+    let (nanos, rest) = name.strip_prefix("..")?.split_once('_')?;
+    let (pid, n) = rest.split_once('_')?;
+    if !pid.bytes().all(|b| b.is_ascii_digit()) || !n.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let made = std::time::UNIX_EPOCH
+        + std::time::Duration::from_nanos(
+            u64::try_from(u128::from_str_radix(nanos, 16).ok()?).ok()?,
+        );
+    std::time::SystemTime::now().duration_since(made).ok()
 }
 
 /// A new data folder's name, unique across processes (the time: a pid can come back) and
@@ -719,6 +743,45 @@ mod tests {
             .collect();
         assert_eq!(hidden.len(), 1, "old data folders are removed: {hidden:?}");
         assert_eq!(s.clusters().unwrap(), ["c1"]);
+    }
+
+    #[test]
+    fn a_write_removes_data_folders_abandoned_by_killed_writers_and_keeps_recent_ones() {
+        let t = tempfile::tempdir().unwrap();
+        let s = FolderStore::open(t.path()).unwrap();
+        let dir = s.secret_dir("c1", "istio-system", "cacerts");
+        let mut v = SecretData::new();
+        v.insert("ca-cert.pem".into(), b"one".to_vec());
+        s.write(&key("c1"), &v, &current(&s, "c1")).unwrap();
+        // Two writers killed before their swaps: one two hours ago, one a moment ago (it may
+        // still be working); and a folder of another name, not meshca's to remove.
+        let stamp = |ago: std::time::Duration| {
+            let t = std::time::SystemTime::now() - ago;
+            let nanos = t.duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
+            format!("..{nanos:x}_4242_0")
+        };
+        let (old, recent) = (
+            stamp(std::time::Duration::from_secs(7200)),
+            stamp(std::time::Duration::from_secs(5)),
+        );
+        for d in [old.as_str(), recent.as_str(), "..not-a-stamp"] {
+            fs::create_dir_all(dir.join(d)).unwrap();
+            fs::write(dir.join(d).join("ca-cert.pem"), b"staged").unwrap();
+        }
+        v.insert("ca-cert.pem".into(), b"two".to_vec());
+        s.write(&key("c1"), &v, &current(&s, "c1")).unwrap();
+        assert_eq!(s.read(&key("c1")).unwrap().unwrap(), v);
+        assert!(
+            !dir.join(&old).exists(),
+            "an abandoned data folder is removed"
+        );
+        assert!(
+            dir.join(&recent).exists(),
+            "a recent one may be a writer's at work"
+        );
+        assert!(dir.join("..not-a-stamp").exists());
+        assert_eq!(stamp_age("..data"), None);
+        assert_eq!(stamp_age("..zz_1_0"), None);
     }
 
     #[test]
