@@ -8,8 +8,85 @@ use std::fmt;
 
 use crate::StoreError;
 
-/// A secret's data: key name to bytes.
-pub type SecretData = BTreeMap<String, Vec<u8>>;
+/// A secret's data: key name to bytes. It derefs to its map; its `Debug` shows each key's name
+/// and size, never the bytes, since a secret's data holds private keys.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct SecretData(BTreeMap<String, Vec<u8>>);
+
+impl SecretData {
+    /// No keys.
+    pub fn new() -> Self {
+        SecretData(BTreeMap::new())
+    }
+
+    /// The map.
+    pub fn into_inner(self) -> BTreeMap<String, Vec<u8>> {
+        self.0
+    }
+}
+
+impl std::ops::Deref for SecretData {
+    type Target = BTreeMap<String, Vec<u8>>;
+    fn deref(&self) -> &Self::Target {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for SecretData {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.0
+    }
+}
+
+impl fmt::Debug for SecretData {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut m = f.debug_map();
+        for (k, v) in &self.0 {
+            m.entry(k, &format_args!("<{} bytes>", v.len()));
+        }
+        m.finish()
+    }
+}
+
+impl From<BTreeMap<String, Vec<u8>>> for SecretData {
+    fn from(map: BTreeMap<String, Vec<u8>>) -> Self {
+        SecretData(map)
+    }
+}
+
+impl<const N: usize> From<[(String, Vec<u8>); N]> for SecretData {
+    fn from(entries: [(String, Vec<u8>); N]) -> Self {
+        SecretData(BTreeMap::from(entries))
+    }
+}
+
+impl FromIterator<(String, Vec<u8>)> for SecretData {
+    fn from_iter<I: IntoIterator<Item = (String, Vec<u8>)>>(iter: I) -> Self {
+        SecretData(iter.into_iter().collect())
+    }
+}
+
+impl Extend<(String, Vec<u8>)> for SecretData {
+    fn extend<I: IntoIterator<Item = (String, Vec<u8>)>>(&mut self, iter: I) {
+        self.0.extend(iter);
+    }
+}
+
+impl IntoIterator for SecretData {
+    type Item = (String, Vec<u8>);
+    type IntoIter = std::collections::btree_map::IntoIter<String, Vec<u8>>;
+    fn into_iter(self) -> Self::IntoIter {
+        self.0.into_iter()
+    }
+}
+
+impl<'a> IntoIterator for &'a SecretData {
+    type Item = (&'a String, &'a Vec<u8>);
+    type IntoIter = std::collections::btree_map::Iter<'a, String, Vec<u8>>;
+    fn into_iter(self) -> Self::IntoIter {
+        self.0.iter()
+    }
+}
 
 /// Where a secret is: cluster, namespace, name.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]

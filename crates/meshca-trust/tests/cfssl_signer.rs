@@ -653,7 +653,7 @@ fn trust_reconciles_clusters_through_the_external_signer() {
     for c in ["mgmt", "east", "west"] {
         std::fs::create_dir_all(t.path().join("store").join(c)).unwrap();
     }
-    let mut auth = std::collections::BTreeMap::new();
+    let mut auth = meshca_store::SecretData::new();
     auth.insert("auth-key".to_owned(), AUTH_KEY.as_bytes().to_vec());
     store
         .replace(&SecretKey::new("mgmt", "gloo-mesh", "cfssl-auth"), &auth)

@@ -81,7 +81,7 @@ fn seed_store(store_dir: &Path, ecdsa: bool) -> FolderStore {
     let store = FolderStore::open(store_dir).unwrap();
     let root = std::fs::read(work.join("root-cert.pem")).unwrap();
     let key = std::fs::read(work.join("root-key.pem")).unwrap();
-    let mut data = BTreeMap::new();
+    let mut data = meshca_store::SecretData::new();
     data.insert("ca-cert.pem".to_owned(), root.clone());
     data.insert("ca-key.pem".to_owned(), key);
     data.insert("cert-chain.pem".to_owned(), root.clone());
@@ -323,7 +323,7 @@ fn an_intermediate_secret_ref_passes_its_chain_on() {
         .unwrap();
     let store = FolderStore::open(&t.path().join("store")).unwrap();
     let root_pem = std::fs::read(work.join("root-cert.pem")).unwrap();
-    let mut data = BTreeMap::new();
+    let mut data = meshca_store::SecretData::new();
     data.insert("ca-cert.pem".to_owned(), inter.pem().into_bytes());
     data.insert("ca-key.pem".to_owned(), ikey.to_pkcs8_pem().into_bytes());
     data.insert(

@@ -216,7 +216,8 @@ fn debug_of_every_key_holding_type_shows_no_key() {
         "istio-system",
     );
     shown.push(("SecretManifest", format!("{manifest:?}")));
-    let data = bundle.files().clone();
+    let data = meshca_store::SecretData::from(bundle.files().clone());
+    shown.push(("SecretData", format!("{data:?}")));
     let key = meshca_store::SecretKey::new("c1", "istio-system", "cacerts");
     let store = meshca_store::MemoryStore::with_clusters(&["c1"]);
     store.put(&key, data.clone());

@@ -241,7 +241,9 @@ pub fn gather(
             });
         sources.push(BundleSource {
             dir: shown,
-            files: data.ok_or_else(|| "no cacerts yet".to_owned()),
+            files: data
+                .map(meshca_store::SecretData::into_inner)
+                .ok_or_else(|| "no cacerts yet".to_owned()),
         });
         clusters.push(ClusterView {
             status: st,

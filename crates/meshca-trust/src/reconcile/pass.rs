@@ -170,7 +170,7 @@ pub(crate) fn issue(
     data.insert(CA_KEY.into(), key.to_pkcs8_pem().into_bytes());
     data.insert(CERT_CHAIN.into(), chain.into_bytes());
     data.insert(ROOT_CERT.into(), to_pem_bundle(&t.roots).into_bytes());
-    Ok(data)
+    Ok(data.into())
 }
 
 /// Proves a bundle before use: it loads as istiod loads it, and a throwaway leaf it signs
