@@ -28,27 +28,9 @@ use meshca_trust::simulate::MeshWatch;
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
-/// The drill's policy: a root of ten days rotated at half its life, intermediates of a day,
-/// one-hour workload certificates, ECDSA keys. A root rotation every five simulated days, an
-/// intermediate one about every day.
-pub const POLICY: &str = "apiVersion: trust.meshca/v1alpha1
-kind: RootTrustPolicy
-metadata:
-  name: mesh
-  namespace: gloo-mesh
-spec:
-  config:
-    mgmtServerCa:
-      generated:
-        ttlDays: 10
-    rootRotation:
-      gracePeriodRatio: 0.5
-      propagationMinutes: 0
-    intermediateCertOptions:
-      ttlDays: 1
-      keyType: ecdsa-p256
-      workloadCertTtlHours: 1
-";
+/// The drill's policy: [`meshca_testkit::DAILY_ROTATING_ROOT_POLICY`], a root rotation every
+/// five simulated days, an intermediate one about every day.
+pub const POLICY: &str = meshca_testkit::DAILY_ROTATING_ROOT_POLICY;
 
 /// The workload clusters.
 pub const CLUSTERS: [&str; 2] = ["cluster1", "cluster2"];

@@ -59,6 +59,27 @@ spec:
       workloadCertTtlHours: 1
 ";
 
+/// [`ROTATING_ROOT_POLICY`] with intermediates of one day: a root rotation every five simulated
+/// days and an intermediate one about every day, for drills that walk many of both.
+pub const DAILY_ROTATING_ROOT_POLICY: &str = "apiVersion: trust.meshca/v1alpha1
+kind: RootTrustPolicy
+metadata:
+  name: mesh
+  namespace: gloo-mesh
+spec:
+  config:
+    mgmtServerCa:
+      generated:
+        ttlDays: 10
+    rootRotation:
+      gracePeriodRatio: 0.5
+      propagationMinutes: 0
+    intermediateCertOptions:
+      ttlDays: 1
+      keyType: ecdsa-p256
+      workloadCertTtlHours: 1
+";
+
 /// A policy with a root meshca generates and keeps in the management cluster (a year), and
 /// 30-day ECDSA intermediates renewed at 10% left: quick to issue, far from any edge.
 pub const GENERATED_ROOT_POLICY: &str = "apiVersion: trust.meshca/v1alpha1

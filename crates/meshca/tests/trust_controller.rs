@@ -451,27 +451,7 @@ fn a_killed_leader_is_replaced_and_the_root_rotation_it_left_is_finished_by_one_
         watches.push((file, child));
     }
     // A root of ten days rotated at half its life; intermediates of a day; one-hour workloads.
-    apply(
-        &cp,
-        "apiVersion: trust.meshca/v1alpha1
-kind: RootTrustPolicy
-metadata:
-  name: mesh
-  namespace: gloo-mesh
-spec:
-  config:
-    mgmtServerCa:
-      generated:
-        ttlDays: 10
-    rootRotation:
-      gracePeriodRatio: 0.5
-      propagationMinutes: 0
-    intermediateCertOptions:
-      ttlDays: 1
-      keyType: ecdsa-p256
-      workloadCertTtlHours: 1
-",
-    );
+    apply(&cp, meshca_testkit::DAILY_ROTATING_ROOT_POLICY);
     let clock_arg = clock.display().to_string();
     let extra = ["--clock-file", clock_arg.as_str(), "--lease-duration", "3s"];
     let mut a = Replica::start(&cp, dir, "replica-a", &extra);
